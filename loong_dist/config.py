@@ -160,6 +160,55 @@ class TextTokenizerConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The decoder-only transformer. `size` names a row of MODEL_SIZES (loong_dist/models/ar/sizes.py);
+    a width field left at None takes that row's value, one set here overrides it."""
+
+    size: str = "tiny"
+    """Named size: tiny, small, 125m, 1b or 7b."""
+    dim: int | None = None
+    """Hidden width (features)."""
+    n_layers: int | None = None
+    """Transformer blocks."""
+    n_heads: int | None = None
+    """Query heads; dim / n_heads is the head width."""
+    n_kv_heads: int | None = None
+    """Key/value heads (grouped-query attention); divides n_heads."""
+    ffn_dim: int | None = None
+    """SwiGLU hidden width (features)."""
+    max_seq_len: int = 4608
+    """Longest sequence (tokens) the rotary table covers: 64 text + 4,352 video (65 frames) + specials."""
+    rope_theta: float = 10000.0
+    """Rotary base frequency."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    init_std: float = 0.02
+    """Standard deviation of the weight initialisation; output projections are scaled by 1/sqrt(2 n_layers)."""
+    vocab_multiple: int = 128
+    """The vocabulary is padded to a multiple of this (tensor-parallel split, GPU tiles)."""
+
+    def __post_init__(self):
+        from loong_dist.models.ar.sizes import MODEL_SIZES
+        _check(self.size in MODEL_SIZES, "model.size", self.size, f"must be one of {', '.join(MODEL_SIZES)}")
+        for name, value in MODEL_SIZES[self.size].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim"):
+            _check(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "must be >= 1")
+        _check(self.dim % self.n_heads == 0, "model.n_heads", self.n_heads, f"must divide model.dim={self.dim}")
+        _check((self.dim // self.n_heads) % 2 == 0, "model.n_heads", self.n_heads,
+               "head width dim / n_heads must be even (rotary pairs)")
+        _check(self.n_heads % self.n_kv_heads == 0, "model.n_kv_heads", self.n_kv_heads,
+               f"must divide model.n_heads={self.n_heads}")
+        _check(self.max_seq_len >= 2, "model.max_seq_len", self.max_seq_len, "must be >= 2")
+        _check(self.vocab_multiple >= 1, "model.vocab_multiple", self.vocab_multiple, "must be >= 1")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+@dataclass
 class Config:
     """Root config of every loong-dist job; each job reads the sections it needs."""
 
@@ -175,6 +224,8 @@ class Config:
     """Real sample videos from pinned PyPI archives (data_prep.samples)."""
     text: TextTokenizerConfig = field(default_factory=TextTokenizerConfig)
     """sentencepiece text tokenizer."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Decoder-only transformer over text + video tokens."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,7 +446,8 @@ def defaults_yaml() -> str:
         for f in dataclasses.fields(sub):
             for doc_line in textwrap.wrap(sub_docs.get(f.name, ""), 94):
                 lines.append(f"  # {doc_line}")
-            value = yaml.safe_dump({f.name: getattr(sub(), f.name)}, default_flow_style=True, width=1000)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            value = yaml.safe_dump({f.name: default}, default_flow_style=True, width=1000)
             lines.append("  " + value.strip()[1:-1])
         lines.append("")
     return "\n".join(lines)

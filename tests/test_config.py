@@ -36,7 +36,9 @@ def test_comma_list_from_flag():
 
 
 @pytest.mark.parametrize("override, message", [
-    (["model.n_layers=4"], "unknown config key 'model'"),
+    (["modle.n_layers=4"], "unknown config key 'modle' (did you mean 'model'?)"),
+    (["model.size=huge"], "model.size='huge': must be one of tiny, small, 125m, 1b, 7b"),
+    (["model.n_heads=3"], "model.n_heads=3: must divide model.dim=64"),
     (["data.fpss=4"], "unknown config key 'data.fpss' (did you mean 'data.fps'?)"),
     (["data.size=big"], "data.size='big': expected an integer"),
     (["data.size=100"], "data.size=100: must be a multiple of 8"),

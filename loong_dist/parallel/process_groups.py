@@ -1,0 +1,66 @@
+"""Process groups: the one place that initialises torch.distributed and megatron's parallel_state.
+
+Ranks are laid out as megatron does: tensor-parallel groups are runs of consecutive ranks (inside
+a node, on NVLink), data-parallel groups stride across them. The groups are returned in a
+`ParallelGroups` value and passed to whatever needs them; model code never asks for a rank.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class ParallelGroups:
+    tp_size: int
+    """Tensor-parallel degree (ranks that split each layer)."""
+    tp_rank: int
+    tp_group: dist.ProcessGroup | None
+    dp_size: int
+    """Data-parallel degree (ranks that split the batch)."""
+    dp_rank: int
+    dp_group: dist.ProcessGroup | None
+    device: torch.device
+    """This rank's device: cuda:LOCAL_RANK with NCCL, else cpu with gloo."""
+
+
+def init_parallel(tp_size: int = 1, backend: str | None = None) -> ParallelGroups:
+    """Start torch.distributed (from the launcher's RANK/WORLD_SIZE/MASTER_* variables) and build
+    the tensor- and data-parallel groups. NCCL on CUDA, gloo on CPU unless `backend` says otherwise."""
+    from megatron.core import parallel_state
+
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    world = dist.get_world_size()
+    if world % tp_size:
+        raise ValueError(f"parallel.tp={tp_size} does not divide the world size {world}")
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp_size)
+    return ParallelGroups(
+        tp_size=parallel_state.get_tensor_model_parallel_world_size(),
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        tp_group=parallel_state.get_tensor_model_parallel_group(),
+        dp_size=parallel_state.get_data_parallel_world_size(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        dp_group=parallel_state.get_data_parallel_group(),
+        device=device)
+
+
+def destroy_parallel() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

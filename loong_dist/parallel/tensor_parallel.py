@@ -1,0 +1,110 @@
+"""Tensor parallelism with megatron-core layers, plugged into the single-device model by spec.
+
+    spec = megatron_spec(groups, params_dtype=torch.float32)
+    model = Transformer(cfg, layout.padded_vocab_size, spec)     # this rank's shards only
+    load_sharded(model, full_state_dict, groups)                 # from a TP=1 checkpoint
+
+Column layers split output features (attention q/k/v, SwiGLU gate/up, the output head over the
+vocabulary); row layers split input features and all-reduce their outputs (attention out,
+SwiGLU down); the embedding splits the vocabulary; the loss is megatron's vocab-parallel
+cross-entropy, so full logits are never gathered. Shards are contiguous blocks, so a head (or a
+vocabulary range) lives whole on one rank.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import ModelParallelConfig
+from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+                                           vocab_parallel_cross_entropy)
+from torch import Tensor, nn
+
+from loong_dist.config import ModelConfig
+from loong_dist.models.ar.model import LayerSpec
+from loong_dist.parallel.process_groups import ParallelGroups
+
+
+class ColumnLinear(ColumnParallelLinear):
+    """Megatron's column-parallel linear returning a tensor (bias-free, output left split)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x)[0]
+
+
+class RowLinear(RowParallelLinear):
+    """Megatron's row-parallel linear returning a tensor (input split, output all-reduced)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x)[0]
+
+
+def check_tp(cfg: ModelConfig, vocab_size: int, tp: int) -> None:
+    for name, value in (("model.n_heads", cfg.n_heads), ("model.n_kv_heads", cfg.n_kv_heads),
+                        ("model.ffn_dim", cfg.ffn_dim), ("padded vocabulary", vocab_size)):
+        if value % tp:
+            raise ValueError(f"{name}={value} is not divisible by the tensor-parallel degree {tp}")
+
+
+def megatron_spec(groups: ParallelGroups, params_dtype: torch.dtype = torch.float32) -> LayerSpec:
+    mp = ModelParallelConfig(tensor_model_parallel_size=groups.tp_size, use_cpu_initialization=True,
+                             params_dtype=params_dtype, perform_initialization=True)
+    group = groups.tp_group
+
+    def column(d_in, d_out, init):
+        return ColumnLinear(d_in, d_out, config=mp, init_method=init, bias=False, gather_output=False, tp_group=group)
+
+    def row(d_in, d_out, init):
+        return RowLinear(d_in, d_out, config=mp, init_method=init, bias=False, input_is_parallel=True,
+                         skip_bias_add=True, tp_group=group)
+
+    def embedding(n, d, init):
+        return VocabParallelEmbedding(n, d, init_method=init, config=mp, tp_group=group)
+
+    def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+        return vocab_parallel_cross_entropy(logits, targets)
+
+    return LayerSpec(column_linear=column, row_linear=row, embedding=embedding, lm_head=column,
+                     cross_entropy=cross_entropy)
+
+
+def shard_dim(module: nn.Module) -> int | None:
+    """The weight dimension a parallel layer splits (None: replicated)."""
+    if isinstance(module, (ColumnParallelLinear, VocabParallelEmbedding)):
+        return 0
+    if isinstance(module, RowParallelLinear):
+        return 1
+    return None
+
+
+@torch.no_grad()
+def load_sharded(model: nn.Module, full_state: dict[str, Tensor], groups: ParallelGroups) -> None:
+    """Load a single-device (TP=1) state dict into this rank's shards."""
+    for name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            key = f"{name}.{pname}" if name else pname
+            full = full_state[key]
+            dim = shard_dim(module)
+            if dim is not None and pname == "weight":
+                full = full.chunk(groups.tp_size, dim=dim)[groups.tp_rank]
+            if full.shape != param.shape:
+                raise ValueError(f"{key}: shard shape {tuple(full.shape)} does not fit {tuple(param.shape)}")
+            param.copy_(full)
+
+
+@torch.no_grad()
+def gather_full(model: nn.Module, groups: ParallelGroups, grads: bool = False) -> dict[str, Tensor]:
+    """The single-device state dict (or gradients) assembled from every rank's shards."""
+    import torch.distributed as dist
+
+    out = {}
+    for name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            key = f"{name}.{pname}" if name else pname
+            t = param.grad if grads else param
+            dim = shard_dim(module)
+            if dim is not None and pname == "weight" and groups.tp_size > 1:
+                parts = [torch.empty_like(t) for _ in range(groups.tp_size)]
+                dist.all_gather(parts, t.contiguous(), group=groups.tp_group)
+                t = torch.cat(parts, dim=dim)
+            out[key] = t.detach().clone()
+    return out

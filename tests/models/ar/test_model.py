@@ -1,0 +1,100 @@
+"""The AR transformer: causality, a naive reference for attention, parameter counts, checkpointing."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loong_dist.config import ModelConfig
+from loong_dist.models.ar.layout import IGNORE, VocabLayout
+from loong_dist.models.ar.model import Transformer, apply_rope, rope_table
+from loong_dist.models.ar.sizes import MODEL_SIZES, count_parameters
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(size="tiny", max_seq_len=64), vocab_size=384)
+
+
+def test_causal(model):
+    tokens = torch.randint(0, 384, (2, 40))
+    changed = tokens.clone()
+    changed[:, 25:] = torch.randint(0, 384, (2, 15))
+    a, b = model(tokens), model(changed)
+    torch.testing.assert_close(a[:, :25], b[:, :25], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 25:], b[:, 25:])
+
+
+def naive_attention(attn, x, cos, sin):
+    """The attention block written out: explicit scores, mask, softmax; kv heads repeated."""
+    b, s, _ = x.shape
+    d = attn.head_dim
+    q = apply_rope((x @ attn.wq.weight.T).view(b, s, -1, d), cos, sin)
+    k = apply_rope((x @ attn.wk.weight.T).view(b, s, -1, d), cos, sin)
+    v = (x @ attn.wv.weight.T).view(b, s, -1, d)
+    rep = q.shape[2] // k.shape[2]
+    k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+    scores = torch.einsum("bqnd,bknd->bnqk", q, k) / math.sqrt(d)
+    scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
+    y = torch.einsum("bnqk,bknd->bqnd", scores.softmax(-1), v).reshape(b, s, -1)
+    return y @ attn.wo.weight.T
+
+
+def test_attention_matches_naive_reference(model):
+    x = torch.randn(2, 17, 64)
+    cos, sin = model.rope_cos[:17], model.rope_sin[:17]
+    attn = model.blocks[0].attention
+    torch.testing.assert_close(attn(x, cos, sin), naive_attention(attn, x, cos, sin), rtol=1e-5, atol=1e-5)
+
+
+def test_rope_is_relative():
+    # <R(m) q, R(n) k> depends only on m - n.
+    cos, sin = rope_table(8, 32, 10000.0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    def dot(m, n):
+        return (apply_rope(q, cos[m:m + 1], sin[m:m + 1]) * apply_rope(k, cos[n:n + 1], sin[n:n + 1])).sum()
+    torch.testing.assert_close(dot(5, 2), dot(20, 17), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", list(MODEL_SIZES)[:3])
+def test_parameter_count_matches_table(size):
+    cfg = ModelConfig(size=size)
+    with torch.device("meta"):
+        m = Transformer(cfg, vocab_size=1024)
+    counted = count_parameters(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_dim, 1024)["total"]
+    assert sum(p.numel() for p in m.parameters()) == counted
+
+
+def test_loss_ignores_text_and_matches_cross_entropy(model):
+    layout = VocabLayout(text_vocab_size=300, codebook_size=64, vocab_multiple=128)
+    assert layout.padded_vocab_size == 384
+    sample = layout.build([2, 10, 11], np.arange(2 * 2 * 3).reshape(2, 2, 3) % 64)
+    tokens = torch.from_numpy(sample["tokens"])[None]
+    targets = torch.from_numpy(sample["targets"])[None]
+    loss = model(tokens, targets)
+    logits = model(tokens)
+    valid = targets != IGNORE
+    ref = F.cross_entropy(logits[valid], targets[valid], reduction="none")
+    torch.testing.assert_close(loss[valid], ref)
+    assert (loss[~valid] == 0).all()
+
+
+def test_activation_checkpointing_same_gradients(model):
+    tokens = torch.randint(0, 384, (2, 24))
+    targets = torch.randint(0, 384, (2, 24))
+    grads = []
+    for ckpt in (False, True):
+        model.zero_grad()
+        model.checkpoint_activations = ckpt
+        model(tokens, targets).mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_too_long_sequence(model):
+    with pytest.raises(ValueError, match="exceeds model.max_seq_len=64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
