@@ -209,6 +209,119 @@ class ModelConfig:
 
 
 @dataclass
+class TokenizerConfig:
+    path: str = ""
+    """Trained video tokenizer (.safetensors); written by jobs.train_tokenizer. A loaded tokenizer
+    uses the architecture saved inside it; the fields below shape a new one."""
+    channels: int = 32
+    """Channels of the first (highest-resolution) level; level i has channels * channel_mult[i]."""
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4])
+    """Channel multiplier per level, high to low resolution. 3 levels: frames are first cut into
+    2x2-pixel patches, then two 2x downsamples (2 * 4 = 8); 4 levels: full resolution first, no
+    patches (about 4x the compute)."""
+    num_res_blocks: int = 2
+    """Residual blocks (two causal 3x3x3 convs each) per encoder level."""
+    decoder_res_blocks: int = 2
+    """Residual blocks per decoder level (the decoder is what reconstruction PSNR rests on)."""
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8, 5, 5, 5])
+    """FSQ levels, one per latent channel; the codebook size is their product (64,000)."""
+    temporal_downsample: int = 4
+    """Frames per latent frame after the first (1 + 4k frames -> 1 + k latent frames); only 4."""
+    spatial_downsample: int = 8
+    """Pixels per latent position along height and width (128x128 -> 16x16); only 8."""
+
+    def __post_init__(self):
+        _check(self.channels >= 1, "tokenizer.channels", self.channels, "must be >= 1")
+        _check(len(self.channel_mult) in (3, 4), "tokenizer.channel_mult", self.channel_mult,
+               "needs 3 levels (2x2 patches + two 2x downsamples) or 4 (three 2x downsamples)")
+        for m in self.channel_mult:
+            _check(m >= 1 and self.channels * m % 8 == 0, "tokenizer.channel_mult", self.channel_mult,
+                   f"channels * {m} = {self.channels * m} is not a positive multiple of 8 (GroupNorm groups)")
+        _check(self.num_res_blocks >= 0, "tokenizer.num_res_blocks", self.num_res_blocks, "must be >= 0")
+        _check(self.decoder_res_blocks >= 0, "tokenizer.decoder_res_blocks", self.decoder_res_blocks, "must be >= 0")
+        _check(len(self.fsq_levels) >= 1, "tokenizer.fsq_levels", self.fsq_levels, "must name at least one level")
+        for lv in self.fsq_levels:
+            _check(2 <= lv <= 256, "tokenizer.fsq_levels", self.fsq_levels, f"level {lv} is not in 2..256")
+        _check(self.codebook_size < 2**31, "tokenizer.fsq_levels", self.fsq_levels,
+               f"codebook of {self.codebook_size} codes is too large (must be < 2^31)")
+        _check(self.temporal_downsample == 4, "tokenizer.temporal_downsample", self.temporal_downsample,
+               "only 4 is implemented (1 + 4k frames -> 1 + k latent frames)")
+        _check(self.spatial_downsample == 8, "tokenizer.spatial_downsample", self.spatial_downsample,
+               "only 8 is implemented")
+
+    @property
+    def latent_dim(self) -> int:
+        """Latent channels entering the quantizer: one per FSQ level."""
+        return len(self.fsq_levels)
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of distinct token ids: the product of the FSQ levels."""
+        n = 1
+        for lv in self.fsq_levels:
+            n *= lv
+        return n
+
+    @property
+    def patch_size(self) -> int:
+        """Pixels per side of the patches the first level works on (2 with 3 levels, 1 with 4)."""
+        return self.spatial_downsample // 2 ** (len(self.channel_mult) - 1)
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    """Tensor-parallel degree: ranks that split each layer (keep it within a node)."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage: 0 none, 1 optimizer states, 2 + gradients, 3 + parameters, sharded over data-parallel ranks."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """torch.distributed backend; auto: nccl with CUDA, gloo on CPU."""
+    precision: Literal["fp32", "bf16"] = "bf16"
+    """Training precision: bf16 keeps fp32 master weights in DeepSpeed; fp16 is not offered (refused on CPU)."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer block in the backward pass (saves activation memory)."""
+
+    def __post_init__(self):
+        _check(self.tp >= 1, "parallel.tp", self.tp, "must be >= 1")
+        _check(self.zero_stage in (0, 1, 2, 3), "parallel.zero_stage", self.zero_stage, "must be 0, 1, 2 or 3")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a share of the peak (cosine decay)."""
+    warmup_steps: int = 100
+    """Optimizer steps of linear warm-up."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW (beta1, beta2)."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0: off)."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    micro_batch_size: int = 2
+    """Sequences per data-parallel rank per micro-batch (the bucketed loader sets it per bucket)."""
+    steps: int = 1000
+    """Optimizer steps to train."""
+
+    def __post_init__(self):
+        _check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
+        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas,
+               "must be two numbers in [0, 1)")
+        _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be >= 0")
+        _check(self.grad_accum_steps >= 1, "optim.grad_accum_steps", self.grad_accum_steps, "must be >= 1")
+        _check(self.micro_batch_size >= 1, "optim.micro_batch_size", self.micro_batch_size, "must be >= 1")
+        _check(self.steps >= 1, "optim.steps", self.steps, "must be >= 1")
+
+
+@dataclass
 class Config:
     """Root config of every loong-dist job; each job reads the sections it needs."""
 
@@ -224,8 +337,14 @@ class Config:
     """Real sample videos from pinned PyPI archives (data_prep.samples)."""
     text: TextTokenizerConfig = field(default_factory=TextTokenizerConfig)
     """sentencepiece text tokenizer."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Causal 3D CNN video tokenizer with an FSQ codebook (loong_dist.models.tokenizer)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Decoder-only transformer over text + video tokens."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Tensor parallelism x ZeRO data parallelism."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW, schedule, clipping, accumulation."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,6 +477,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         _check(isinstance(value, int) and not isinstance(value, bool), key, value, "expected an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "expected a number")
         return float(value)
     if tp is str:

@@ -31,6 +31,10 @@ def test_base_chain_and_overrides(tmp_path):
     assert cfg.text == Config().text                                  # untouched sections keep defaults
 
 
+def test_exponent_without_dot_is_a_number():
+    assert load_config(None, ["optim.lr=3e-4"]).optim.lr == 3e-4
+
+
 def test_comma_list_from_flag():
     assert load_config(None, ["data.frames=1,17"]).data.frames == [1, 17]
 

@@ -1,0 +1,116 @@
+"""DeepSpeed ZeRO around the (tensor-parallel) transformer.
+
+    groups = init_parallel(cfg.parallel.tp)
+    model = build_model(cfg.model, layout.padded_vocab_size, groups, cfg.parallel)
+    engine = build_engine(model, cfg, groups)
+    loss = engine(tokens, targets).sum() / n_valid ; engine.backward(loss) ; engine.step()
+
+The order matters: tensor parallelism is applied when the model is built (its layers come from
+the megatron spec), activation checkpointing is switched on per block, and DeepSpeed wraps the
+result last, so ZeRO shards the tensor-parallel shards over the data-parallel group only. Megatron's
+`parallel_state` reaches DeepSpeed as its `mpu` through `MegatronMPU`, which maps the
+`get_model_parallel_*` names DeepSpeed asks for onto the tensor-parallel group.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from loong_dist.config import Config, ModelConfig, ParallelConfig
+from loong_dist.models.ar.model import LOCAL_SPEC, Transformer
+from loong_dist.parallel.process_groups import ParallelGroups
+
+PROJECT_CACHE = Path(__file__).resolve().parents[2] / ".cache"
+
+
+class MegatronMPU:
+    """The model-parallel unit DeepSpeed expects, over megatron's tensor/data-parallel groups."""
+
+    def __init__(self, groups: ParallelGroups):
+        self.g = groups
+
+    def get_model_parallel_rank(self):
+        return self.g.tp_rank
+
+    def get_model_parallel_world_size(self):
+        return self.g.tp_size
+
+    def get_model_parallel_group(self):
+        return self.g.tp_group
+
+    def get_data_parallel_rank(self):
+        return self.g.dp_rank
+
+    def get_data_parallel_world_size(self):
+        return self.g.dp_size
+
+    def get_data_parallel_group(self):
+        return self.g.dp_group
+
+    # Newer DeepSpeed code paths ask for the tensor-parallel names directly.
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_group = get_model_parallel_group
+
+
+def use_bf16(parallel: ParallelConfig, device: torch.device) -> bool:
+    if parallel.precision != "bf16":
+        return False
+    return device.type == "cpu" or torch.cuda.is_bf16_supported()
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, groups: ParallelGroups, parallel: ParallelConfig) -> Transformer:
+    """apply_tp (the spec) -> apply_ac (activation checkpointing); DeepSpeed comes after."""
+    if groups.tp_size > 1:
+        from loong_dist.parallel.tensor_parallel import check_tp, megatron_spec
+        check_tp(cfg, vocab_size, groups.tp_size)
+        spec = megatron_spec(groups)
+    else:
+        spec = LOCAL_SPEC
+    model = Transformer(cfg, vocab_size, spec)
+    model.checkpoint_activations = parallel.activation_checkpointing
+    return model.to(groups.device)
+
+
+def deepspeed_config(cfg: Config, groups: ParallelGroups) -> dict:
+    o, p = cfg.optim, cfg.parallel
+    bf16 = use_bf16(p, groups.device)
+    return {
+        "train_micro_batch_size_per_gpu": o.micro_batch_size,
+        "gradient_accumulation_steps": o.grad_accum_steps,
+        "train_batch_size": o.micro_batch_size * o.grad_accum_steps * groups.dp_size,
+        "gradient_clipping": o.grad_clip,
+        "zero_optimization": {"stage": p.zero_stage},
+        "bf16": {"enabled": bf16},
+        # torch's AdamW: no compiled FusedAdam needed on CPU; on CUDA DeepSpeed may use its fused one.
+        "optimizer": {"type": "AdamW", "params": {"lr": o.lr, "betas": list(o.betas), "eps": o.eps,
+                                                 "weight_decay": o.weight_decay,
+                                                 "torch_adam": groups.device.type == "cpu"}},
+        "scheduler": {"type": "WarmupCosineLR", "params": {
+            "total_num_steps": o.steps, "warmup_num_steps": o.warmup_steps,
+            "warmup_min_ratio": 0.0, "cos_min_ratio": o.min_lr_ratio, "warmup_type": "linear"}},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (linears, embeddings), none on norm gains."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(model: nn.Module, cfg: Config, groups: ParallelGroups):
+    """DeepSpeed engine (ZeRO stage, AdamW, warm-up + cosine, clipping, accumulation, bf16)."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT_CACHE / "torch_extensions"))
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.optim.weight_decay),
+                                           config=deepspeed_config(cfg, groups), mpu=MegatronMPU(groups),
+                                           dist_init_required=False)
+    return engine
