@@ -184,6 +184,21 @@ class Storage:
         with self._s3_errors(uri, "read"):
             return self.client.get_object(Bucket=url.bucket, Key=url.key)["Body"].read()
 
+    def read_range(self, uri: str, offset: int, size: int) -> bytes:
+        """`size` bytes from `offset` (a ranged GET on S3)."""
+        uri = str(uri)
+        if not is_s3(uri):
+            try:
+                with open(uri, "rb") as f:
+                    f.seek(offset)
+                    return f.read(size)
+            except FileNotFoundError:
+                raise StorageError(f"{uri}: no such file") from None
+        url = S3Url.parse(uri)
+        with self._s3_errors(uri, "read"):
+            return self.client.get_object(Bucket=url.bucket, Key=url.key,
+                                          Range=f"bytes={offset}-{offset + size - 1}")["Body"].read()
+
     def read_text(self, uri: str) -> str:
         data = self.read_bytes(uri)
         try:

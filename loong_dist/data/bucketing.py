@@ -1,0 +1,128 @@
+"""Sequence-length bucketing with an exact, resumable order.
+
+Samples are grouped by latent-frame count (from the shard index). Each bucket's micro-batch size
+comes from a token budget - `budget // longest sequence in the bucket` - so an image step and a
+65-frame step cost about the same memory. An epoch's plan is a pure function of (seed, epoch):
+
+  1. within each bucket, a permutation of its samples, cut into global batches of
+     micro_batch x dp_size (the remainder waits for the next epoch's permutation);
+  2. inside a global batch, samples sorted by text length, so each rank's micro-batch pads little;
+  3. the global batches of all buckets, in a shuffled order.
+
+At step i every rank takes global batch i (the same bucket everywhere) and its own slice of it.
+`state_dict()` is (epoch, position); loading it continues with exactly the next batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from loong_dist.data.shards import SampleRef
+
+
+def sequence_length(ref: SampleRef) -> int:
+    """Input positions of a sample: text (BOS included) + <bov> + video + <eov>, less one (inputs
+    and targets are the sequence shifted by one)."""
+    return ref.text_tokens + ref.video_tokens + 1
+
+
+@dataclass(frozen=True)
+class Bucket:
+    latent_frames: int
+    """F: latent frames of every sample in the bucket."""
+    micro_batch: int
+    """Sequences per rank per micro-step."""
+    max_len: int
+    """Longest sequence in the bucket (tokens)."""
+    size: int
+    """Samples in the bucket."""
+
+
+def plan_buckets(refs: Sequence[SampleRef], token_budget: int) -> dict[int, Bucket]:
+    by_frames: dict[int, list[SampleRef]] = {}
+    for r in refs:
+        by_frames.setdefault(r.latent_frames, []).append(r)
+    buckets = {}
+    for f, members in sorted(by_frames.items()):
+        longest = max(sequence_length(r) for r in members)
+        buckets[f] = Bucket(f, max(1, token_budget // longest), longest, len(members))
+    return buckets
+
+
+class BucketedBatchSampler:
+    """Yields this rank's micro-batch (a list of SampleRefs) for each step, forever (epoch after epoch)."""
+
+    def __init__(self, refs: Sequence[SampleRef], token_budget: int, dp_rank: int = 0, dp_size: int = 1,
+                 seed: int = 0, frames: Sequence[int] | None = None):
+        self.refs = [r for r in refs if frames is None or r.latent_frames in frames]
+        if not self.refs:
+            raise ValueError(f"no samples with latent frames in {list(frames or [])}")
+        self.buckets = plan_buckets(self.refs, token_budget)
+        self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
+        self.epoch, self.position = 0, 0
+        self._plan: list[tuple[int, np.ndarray]] | None = None
+        if not self.epoch_plan(0):
+            raise ValueError("too few samples for one global batch in any bucket: "
+                             + ", ".join(f"{b.latent_frames} latent frames: {b.size} samples, need "
+                                         f"{b.micro_batch * dp_size}" for b in self.buckets.values()))
+
+    def epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        """[(latent_frames, sample indices of one global batch)], in step order."""
+        batches = []
+        for f, bucket in self.buckets.items():
+            members = np.array([i for i, r in enumerate(self.refs) if r.latent_frames == f])
+            order = members[np.random.default_rng([self.seed, epoch, f]).permutation(len(members))]
+            glob = bucket.micro_batch * self.dp_size
+            for j in range(0, len(order) - glob + 1, glob):
+                chunk = order[j:j + glob]
+                chunk = chunk[np.argsort([self.refs[i].text_tokens for i in chunk], kind="stable")]
+                batches.append((f, chunk))
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(batches))
+        return [batches[k] for k in perm]
+
+    def __iter__(self) -> Iterator[list[SampleRef]]:
+        return self
+
+    def __next__(self) -> list[SampleRef]:
+        if self._plan is None:
+            self._plan = self.epoch_plan(self.epoch)
+        if self.position >= len(self._plan):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._plan = self.epoch_plan(self.epoch)
+        f, chunk = self._plan[self.position]
+        self.position += 1
+        # Rank r takes every dp_size-th sample: each rank gets the same spread of text lengths.
+        mine = chunk[self.dp_rank::self.dp_size]
+        return [self.refs[i] for i in mine]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.epoch_plan(self.epoch))
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"loader state was saved with seed {state['seed']}, this run has seed {self.seed}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._plan = None
+
+
+def padding_share(batches: Sequence[Sequence[SampleRef]]) -> float:
+    """Share of padded positions when each micro-batch is padded to its longest sequence."""
+    real = padded = 0
+    for batch in batches:
+        lengths = [sequence_length(r) for r in batch]
+        real += sum(lengths)
+        padded += max(lengths) * len(lengths)
+    return 1.0 - real / padded if padded else 0.0
+
+
+def naive_batches(refs: Sequence[SampleRef], batch_size: int, seed: int = 0) -> list[list[SampleRef]]:
+    """The baseline: a plain shuffle cut into fixed-size batches, lengths mixed."""
+    order = np.random.default_rng(seed).permutation(len(refs))
+    return [[refs[i] for i in order[j:j + batch_size]] for j in range(0, len(order) - batch_size + 1, batch_size)]

@@ -1,0 +1,231 @@
+"""Token shards: webdataset tar files plus one index, on a local folder or S3.
+
+A shard is a plain tar that `webdataset.WebDataset` reads; each sample is the members
+`<key>.video.npy` (video ids, uint16 when the codebook fits, else int32, shape (F, h, w)),
+`<key>.text.npy` (text ids, int32, BOS first), `<key>.caption.txt` and `<key>.json` (source,
+start, fps, frames, latent shape, token count). `index.json`, written last and atomically, lists
+per shard its samples with their latent-frame and token counts and the byte range of each member
+inside the tar, so a reader can fetch one sample with a ranged GET instead of the whole shard.
+
+    with ShardWriter(storage, "s3://b/shards/shard-000000.tar") as w: w.add(sample)
+    write_index(storage, "s3://b/shards", [w.summary, ...], meta)
+    index = ShardIndex.load("s3://b/shards", storage)
+    sample = ShardReader(index, storage).read(index.samples[3])
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from loong_dist.errors import StorageError, UserError
+from loong_dist.io.storage import Storage, join
+
+INDEX_NAME = "index.json"
+INDEX_VERSION = 1
+MEMBERS = ("video.npy", "text.npy", "caption.txt", "json")
+
+
+class ShardError(UserError):
+    """A shard or index is missing, malformed or holds a sample of the wrong type."""
+
+
+@dataclass
+class Sample:
+    key: str
+    """Unique sample key (no dots: webdataset splits member names at the first dot)."""
+    video: np.ndarray
+    """Video ids (F, h, w), integer."""
+    text: np.ndarray
+    """Text ids (L,), integer, BOS first."""
+    caption: str
+    """The caption the text ids encode."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """source, start, fps, frames, ... (latent_shape and tokens are filled in by the writer)."""
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    shard: str
+    """Shard file name, relative to the index's folder."""
+    key: str
+    latent_frames: int
+    """F: latent frames (1 for an image)."""
+    video_tokens: int
+    """F * h * w."""
+    text_tokens: int
+    """Text ids, BOS included."""
+    ranges: dict[str, list[int]]
+    """member suffix -> [offset, size] of its bytes inside the tar."""
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def video_dtype(codebook_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if codebook_size <= 65536 else np.dtype(np.int32)
+
+
+class ShardWriter:
+    """Writes one shard: a local temporary tar, uploaded (or renamed) whole when closed."""
+
+    def __init__(self, storage: Storage, uri: str, codebook_size: int):
+        self.storage, self.uri, self.codebook_size = storage, str(uri), codebook_size
+        self._tmp = tempfile.NamedTemporaryFile(suffix=".tar", delete=False)
+        self._tar = tarfile.open(fileobj=self._tmp, mode="w", format=tarfile.USTAR_FORMAT)
+        self.samples: list[dict[str, Any]] = []
+        self._mtime = 0  # fixed: the same samples give the same bytes
+
+    def add(self, sample: Sample) -> None:
+        if "." in sample.key or "/" in sample.key:
+            raise ValueError(f"sample key {sample.key!r} must not contain '.' or '/'")
+        video = np.asarray(sample.video)
+        if video.ndim != 3 or not np.issubdtype(video.dtype, np.integer):
+            raise ValueError(f"{sample.key}: video ids must be an integer (F, h, w) array, got {video.dtype} {video.shape}")
+        if video.size and (video.min() < 0 or video.max() >= self.codebook_size):
+            raise ValueError(f"{sample.key}: video ids outside [0, {self.codebook_size})")
+        f, h, w = video.shape
+        meta = dict(sample.meta, latent_shape=[f, h, w], video_tokens=int(video.size), text_tokens=int(len(sample.text)))
+        payload = {
+            "video.npy": _npy_bytes(video.astype(video_dtype(self.codebook_size))),
+            "text.npy": _npy_bytes(np.asarray(sample.text, dtype=np.int32)),
+            "caption.txt": sample.caption.encode("utf-8"),
+            "json": json.dumps(meta, sort_keys=True).encode("utf-8"),
+        }
+        ranges = {}
+        for suffix, data in payload.items():
+            info = tarfile.TarInfo(f"{sample.key}.{suffix}")
+            info.size, info.mtime, info.mode = len(data), self._mtime, 0o644
+            header = info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors)
+            data_offset = self._tar.offset + len(header)  # the member's bytes follow its header
+            self._tar.addfile(info, io.BytesIO(data))
+            ranges[suffix] = [data_offset, len(data)]
+        self.samples.append({"key": sample.key, "latent_frames": f, "video_tokens": int(video.size),
+                             "text_tokens": int(len(sample.text)), "ranges": ranges})
+
+    @property
+    def bytes_written(self) -> int:
+        return self._tmp.tell()
+
+    def close(self) -> dict[str, Any]:
+        """Finish the tar and publish it under its final name; returns its index entry."""
+        self._tar.close()
+        self._tmp.close()
+        try:
+            self.storage.upload_file(self._tmp.name, self.uri)
+        finally:
+            os.unlink(self._tmp.name)
+        return self.summary
+
+    def abort(self) -> None:
+        self._tar.close()
+        self._tmp.close()
+        os.unlink(self._tmp.name)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.uri.rstrip("/").rsplit("/", 1)[-1], "num_samples": len(self.samples),
+                "video_tokens": sum(s["video_tokens"] for s in self.samples), "samples": self.samples}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_index(storage: Storage, folder: str, shards: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """Write index.json (atomically) for the shards in `folder`; meta holds codebook_size etc."""
+    shards = sorted(shards, key=lambda s: s["name"])
+    totals = {"shards": len(shards), "samples": sum(s["num_samples"] for s in shards),
+              "video_tokens": sum(s["video_tokens"] for s in shards)}
+    by_frames: dict[str, int] = {}
+    for s in shards:
+        for x in s["samples"]:
+            by_frames[str(x["latent_frames"])] = by_frames.get(str(x["latent_frames"]), 0) + 1
+    totals["samples_by_latent_frames"] = dict(sorted(by_frames.items(), key=lambda kv: int(kv[0])))
+    index = {"version": INDEX_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "meta": meta, "totals": totals, "shards": shards}
+    uri = join(folder, INDEX_NAME)
+    storage.write_text(uri, json.dumps(index) + "\n")
+    return uri
+
+
+@dataclass
+class ShardIndex:
+    folder: str
+    meta: dict[str, Any]
+    totals: dict[str, Any]
+    samples: list[SampleRef]
+
+    @classmethod
+    def load(cls, folder: str, storage: Storage | None = None) -> "ShardIndex":
+        storage = storage or Storage()
+        uri = join(folder, INDEX_NAME)
+        try:
+            raw = json.loads(storage.read_text(uri))
+        except StorageError as e:
+            raise ShardError(f"{uri}: no shard index ({e}); run data_prep.pretokenize first") from None
+        except json.JSONDecodeError as e:
+            raise ShardError(f"{uri}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if raw.get("version") != INDEX_VERSION:
+            raise ShardError(f"{uri}: index version {raw.get('version')!r}, expected {INDEX_VERSION}")
+        try:
+            samples = [SampleRef(shard["name"], s["key"], int(s["latent_frames"]), int(s["video_tokens"]),
+                                 int(s["text_tokens"]), s["ranges"])
+                       for shard in raw["shards"] for s in shard["samples"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ShardError(f"{uri}: malformed index entry ({type(e).__name__}: {e})") from None
+        return cls(str(folder), raw.get("meta", {}), raw.get("totals", {}), samples)
+
+
+class ShardReader:
+    """Reads single samples by their byte ranges (ranged GET on S3, seek + read locally)."""
+
+    def __init__(self, index: ShardIndex, storage: Storage | None = None):
+        self.index, self.storage = index, storage or Storage()
+
+    def read(self, ref: SampleRef) -> Sample:
+        uri = join(self.index.folder, ref.shard)
+        parts = {}
+        for suffix in MEMBERS:
+            if suffix not in ref.ranges:
+                raise ShardError(f"{uri}: sample {ref.key} has no '{suffix}' member")
+            offset, size = ref.ranges[suffix]
+            try:
+                parts[suffix] = self.storage.read_range(uri, offset, size)
+            except StorageError as e:
+                raise ShardError(f"shard listed in the index cannot be read: {e}") from None
+        try:
+            video = np.load(io.BytesIO(parts["video.npy"]), allow_pickle=False)
+            text = np.load(io.BytesIO(parts["text.npy"]), allow_pickle=False)
+            meta = json.loads(parts["json"])
+        except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:
+            raise ShardError(f"{uri}: sample {ref.key} is corrupt ({type(e).__name__})") from None
+        if not np.issubdtype(video.dtype, np.integer) or video.ndim != 3:
+            raise ShardError(f"{uri}: sample {ref.key}: video ids must be integer (F, h, w), got {video.dtype} {video.shape}")
+        if not np.issubdtype(text.dtype, np.integer) or text.ndim != 1:
+            raise ShardError(f"{uri}: sample {ref.key}: text ids must be integer (L,), got {text.dtype} {text.shape}")
+        try:
+            caption = parts["caption.txt"].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ShardError(f"{uri}: sample {ref.key}: caption is not UTF-8") from None
+        return Sample(ref.key, video.astype(np.int64), text.astype(np.int64), caption, meta)
+
+
+__all__ = ["Sample", "SampleRef", "ShardWriter", "ShardIndex", "ShardReader", "ShardError", "write_index",
+           "video_dtype"]
