@@ -29,3 +29,7 @@ class StorageError(UserError):
 
 class TextTokenizerError(UserError):
     """The text tokenizer cannot be trained or loaded."""
+
+
+class SampleDataError(UserError):
+    """A sample archive cannot be fetched, or a file's sha256 is not the pinned one."""

@@ -33,6 +33,15 @@ from loong_dist.config import StorageConfig
 from loong_dist.errors import StorageError
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
+
+
 def is_s3(uri: str | os.PathLike) -> bool:
     return str(uri).startswith("s3://")
 
@@ -246,6 +255,7 @@ class Storage:
                     yield f
                     f.flush()
                     os.fsync(f.fileno())
+                os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):
