@@ -322,6 +322,28 @@ class OptimConfig:
 
 
 @dataclass
+class TrainConfig:
+    shards: str = ""
+    """Folder or s3:// prefix holding the token shards and their index.json (data_prep.pretokenize)."""
+    token_budget: int = 8192
+    """Tokens per rank per micro-batch; each length bucket's micro-batch size is budget // its longest sequence."""
+    latent_frames: list[int] = field(default_factory=list)
+    """Train only on samples with these latent-frame counts (empty: all)."""
+    save_every: int = 100
+    """Optimizer steps between two checkpoints (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in run.out_dir/checkpoints; older ones are deleted."""
+    loader_workers: int = 4
+    """Threads fetching samples from shards (byte-range reads)."""
+
+    def __post_init__(self):
+        _check(self.token_budget >= 16, "train.token_budget", self.token_budget, "must be >= 16")
+        _check(self.save_every >= 0, "train.save_every", self.save_every, "must be >= 0")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
+        _check(self.loader_workers >= 1, "train.loader_workers", self.loader_workers, "must be >= 1")
+
+
+@dataclass
 class Config:
     """Root config of every loong-dist job; each job reads the sections it needs."""
 
@@ -345,6 +367,8 @@ class Config:
     """Tensor parallelism x ZeRO data parallelism."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """AdamW, schedule, clipping, accumulation."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training data, batching and checkpoints."""
 
 
 # ----------------------------------------------------------------------------------------------
