@@ -121,8 +121,11 @@ class SyntheticConfig:
 
     def __post_init__(self):
         _check(self.n >= 1, "synthetic.n", self.n, "must be >= 1")
+        _check(len(self.frames) > 0, "synthetic.frames", self.frames, "must name at least one length")
         for t in self.frames:
             _check(t >= 1 and (t - 1) % 4 == 0, "synthetic.frames", self.frames, f"{t} is not 1 + 4k")
+            _check(t <= 65, "synthetic.frames", self.frames,
+                   f"{t} is above 65 (motion paths are planned to stay inside the frame for 65 frames)")
         _check(self.size >= 16 and self.size % 8 == 0, "synthetic.size", self.size,
                "must be a multiple of 8, at least 16")
         _check(self.fps > 0, "synthetic.fps", self.fps, "must be > 0")
@@ -483,6 +486,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (list, tuple):
         if isinstance(value, str):  # "1,17,65" from a command-line flag
             value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):  # a lone "17"
+            value = [value]
         _check(isinstance(value, (list, tuple)), key, value, "expected a list")
         item_tp = args[0] if args else Any
         items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]

@@ -37,6 +37,7 @@ def test_exponent_without_dot_is_a_number():
 
 def test_comma_list_from_flag():
     assert load_config(None, ["data.frames=1,17"]).data.frames == [1, 17]
+    assert load_config(None, ["data.frames=17"]).data.frames == [17]
 
 
 @pytest.mark.parametrize("override, message", [

@@ -1,0 +1,68 @@
+"""Train the AR transformer on token shards with DeepSpeed ZeRO (+ megatron tensor parallelism).
+
+    python -m jobs.train --config configs/....yaml --shards DIR|s3://... [--nproc 2] [key=value ...]
+
+Under a launcher that sets RANK/WORLD_SIZE (torchrun, Ray Train) each process runs one rank.
+Started plainly, it spawns `--nproc` local ranks (gloo on CPU, NCCL on GPUs). A run started again
+with the same output folder resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch.multiprocessing as mp
+
+from loong_dist.cli import job_parser, log, resolve_config, run_job, setup_logging
+from loong_dist.config import Config, save_config
+from loong_dist.errors import ConfigError
+
+ALIASES = {"--shards": "train.shards", "--out": "run.out_dir", "--steps": "optim.steps"}
+
+
+def run_rank(cfg: Config) -> None:
+    from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
+    from loong_dist.train.trainer import Trainer
+
+    backend = None if cfg.parallel.backend == "auto" else cfg.parallel.backend
+    groups = init_parallel(cfg.parallel.tp, backend)
+    try:
+        trainer = Trainer(cfg, groups)
+        trainer.resume()
+        trainer.fit()
+    finally:
+        destroy_parallel()
+
+
+def _spawned(rank: int, world: int, port: int, cfg: Config) -> None:
+    setup_logging()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    run_rank(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = job_parser("python -m jobs.train", __doc__.splitlines()[0], ALIASES,
+                        sections=("train", "model", "parallel", "optim", "run"))
+    parser.add_argument("--nproc", type=int, default=1, help="local ranks to spawn when not under a launcher")
+    args = parser.parse_args(argv)
+    cfg = resolve_config(args, ALIASES)
+    if not cfg.train.shards:
+        raise ConfigError("config: train.shards is empty: pass --shards DIR (written by data_prep.pretokenize)")
+    if "RANK" in os.environ:  # torchrun / Ray Train: this process is one rank
+        run_rank(cfg)
+        return 0
+    if args.nproc % cfg.parallel.tp:
+        raise ConfigError(f"config: parallel.tp={cfg.parallel.tp} does not divide --nproc {args.nproc}")
+    save_config(cfg, os.path.join(cfg.run.out_dir, "config.yaml"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log.info("training with %d local rank(s) -> %s", args.nproc, cfg.run.out_dir)
+    mp.start_processes(_spawned, args=(args.nproc, port, cfg), nprocs=args.nproc, join=True, start_method="spawn")
+    return 0
+
+
+if __name__ == "__main__":
+    run_job(main)

@@ -1,0 +1,310 @@
+"""Procedural captioned clips: one shape with attributes moving over a plain background.
+
+Every clip is drawn from its attributes alone, and its caption is made from the same attributes,
+so a program can check generated pixels against a prompt (`detect_attributes`).
+
+Attributes (a JSON-friendly dict; `attributes_for(index, seed)` is a pure function of both):
+    shape       one of SHAPES                     colour      one of COLOURS (the shape's fill)
+    size        "small" | "large" (SIZES)         background  one of BACKGROUNDS, contrasting with colour
+    motion      "left" | "right" | "up" | "down" | "still"  ("up" is towards row 0)
+    speed       "slow" | "fast" (SPEEDS), None when motion is "still"
+    x, y        centre of the shape's bounding box in frame 0 (fraction of the frame side)
+
+Units: positions, sizes and speeds are fractions of the frame side (speeds per frame), so one
+set of attributes renders the same scene at 64 or 128 pixels. Speeds are constant per frame
+whatever the clip length, and the start is placed so that the whole 65-frame path (MAX_FRAMES)
+stays inside the frame with a margin: a shorter clip is the first frames of the longer one.
+
+Notation: T frames, H x W pixels (H = W = the `size` argument); pixel (row i, column j) covers
+[i, i + 1) x [j, j + 1), so its centre is at (i + 0.5, j + 0.5). Everything is numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+COLOURS = {  # name -> sRGB; closest pair (orange, yellow) is ~95 apart in RGB
+    "red": (220, 40, 40), "orange": (250, 130, 20), "yellow": (245, 225, 50), "green": (40, 170, 60),
+    "cyan": (40, 200, 220), "blue": (40, 70, 220), "purple": (150, 50, 200),
+}
+BACKGROUNDS = {"black": (20, 20, 20), "white": (240, 240, 240), "grey": (120, 120, 120), "beige": (225, 205, 160)}
+MIN_CONTRAST = 140.0
+"""Smallest RGB distance between a shape's colour and its background (0-255 units per channel)."""
+SIZES = {"small": 0.2, "large": 0.34}
+"""Side of the shape's bounding box (fraction of the frame side)."""
+MOTIONS = ("left", "right", "up", "down", "still")
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
+SPEEDS = {"slow": 0.004, "fast": 0.008}
+"""Displacement per frame (fraction of the frame side); fast x 64 frames fits the large size's room."""
+ADVERBS = {"slow": "slowly", "fast": "quickly"}
+MARGIN = 1 / 16
+"""Gap kept between the shape's bounding box and the frame edge (fraction of the frame side): with
+the anti-aliased edge, at least one pixel of pure background from 32 x 32 pixels up."""
+MAX_FRAMES = 65
+"""Longest clip whose path is guaranteed to stay inside the frame."""
+
+# Area of the filled shape over side^2, and its centroid's offset below the bounding-box centre
+# (fraction of the side): what `detect_attributes` needs to fit a template to a mask.
+_AREA = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5, "diamond": 0.5, "cross": 5 / 9}
+_CENTROID_DY = {"triangle": 1 / 6}
+
+
+def backgrounds_for(colour: str) -> list[str]:
+    """Backgrounds at least MIN_CONTRAST away from `colour`, in BACKGROUNDS order."""
+    c = np.array(COLOURS[colour], float)
+    return [b for b, rgb in BACKGROUNDS.items() if np.linalg.norm(c - rgb) >= MIN_CONTRAST]
+
+
+def _centre_range(side: float) -> tuple[float, float]:
+    """Lowest and highest centre coordinate (fraction) that keeps the bounding box inside the margin."""
+    return MARGIN + side / 2, 1.0 - MARGIN - side / 2
+
+
+def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES) -> dict[str, Any]:
+    """Draw one clip's attributes. The draws do not depend on `num_frames`; a single frame (an
+    image) only reports motion "still" and speed None, since no motion can be seen in it."""
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    allowed = backgrounds_for(colour)
+    background = allowed[rng.integers(len(allowed))]
+    size = list(SIZES)[rng.integers(len(SIZES))]
+    motion = MOTIONS[rng.integers(len(MOTIONS))]
+    speed = list(SPEEDS)[rng.integers(len(SPEEDS))]
+    lo, hi = _centre_range(SIZES[size])
+    u = rng.random(2)
+    travel = 0.0 if motion == "still" else SPEEDS[speed] * (MAX_FRAMES - 1)
+    start = []
+    for axis in range(2):  # along the motion the start leaves room for the whole path
+        step = DIRECTIONS[motion][axis]
+        a, b = (lo, hi - travel) if step > 0 else (lo + travel, hi) if step < 0 else (lo, hi)
+        start.append(round(float(a + u[axis] * (b - a)), 4))
+    if motion == "still" or num_frames == 1:
+        motion, speed = "still", None
+    return {"shape": shape, "colour": colour, "size": size, "motion": motion, "speed": speed,
+            "background": background, "x": start[0], "y": start[1]}
+
+
+def attributes_for(index: int, seed: int, num_frames: int = MAX_FRAMES) -> dict[str, Any]:
+    """Attributes of clip `index` of the dataset with `seed`: the same (seed, index), the same clip."""
+    return sample_attributes(np.random.default_rng([seed, index]), num_frames)
+
+
+def split_for(index: int, seed: int, held_out: float) -> str:
+    """"held_out" with probability `held_out`, else "train"; per clip, so it stays put as n grows."""
+    u = np.random.default_rng([seed, index, 1]).random()  # a stream apart from the attributes'
+    return "held_out" if u < held_out else "train"
+
+
+def caption(attrs: dict[str, Any], num_frames: int) -> str:
+    """'a large red circle moving left quickly on a black background'; images have no motion phrase."""
+    thing = f"a {attrs['size']} {attrs['colour']} {attrs['shape']}"
+    if num_frames == 1:
+        motion = ""
+    elif attrs["motion"] == "still":
+        motion = " standing still"
+    else:
+        motion = f" moving {attrs['motion']} {ADVERBS[attrs['speed']]}"
+    return f"{thing}{motion} on a {attrs['background']} background"
+
+
+def _sdf(shape: str, dx: np.ndarray, dy: np.ndarray, half) -> np.ndarray:
+    """Signed distance (pixels, < 0 inside) from offsets to the bounding-box centre; `half` is
+    half the side (pixels). Polygons use the distance to the nearest edge line: exact along the
+    edges, shorter beyond a sharp vertex (the anti-aliased ramp reaches ~1 px past the triangle's apex)."""
+    ax, ay = np.abs(dx), np.abs(dy)
+    if shape == "circle":
+        return np.sqrt(dx * dx + dy * dy) - half
+    if shape == "square":
+        return np.maximum(ax, ay) - half
+    if shape == "diamond":
+        return (ax + ay - half) * np.float32(1 / np.sqrt(2))
+    if shape == "triangle":  # apex up at (0, -half), base from (-half, half) to (half, half)
+        return np.maximum(dy - half, (2 * ax - dy - half) * np.float32(1 / np.sqrt(5)))
+    if shape == "cross":  # a plus sign, arms a third of the side wide
+        arm = half / 3
+        return np.minimum(np.maximum(ax - half, ay - arm), np.maximum(ax - arm, ay - half))
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def _sdf_grid(shape: str, cx, cy, half, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Signed distance (pixels), float32 (T, H, W), for bounding-box centres cx, cy (T,) and
+    pixel-centre coordinates rows (H,), cols (W,), all in pixels; `half` is half the side
+    (pixels, a number or (T, 1, 1))."""
+    dx = cols.astype(np.float32)[None, None, :] - np.asarray(cx, np.float32)[:, None, None]  # (T, 1, W)
+    dy = rows.astype(np.float32)[None, :, None] - np.asarray(cy, np.float32)[:, None, None]  # (T, H, 1)
+    return _sdf(shape, dx, dy, half)
+
+
+def _alpha(shape: str, cx, cy, half, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Coverage in [0, 1] of each pixel, float32 (T, H, W) (arguments as `_sdf_grid`): a linear
+    ramp one pixel wide across the edge anti-aliases it."""
+    return np.clip(0.5 - _sdf_grid(shape, cx, cy, half, rows, cols), 0.0, 1.0)
+
+
+def centre_track(attrs: dict[str, Any], num_frames: int) -> np.ndarray:
+    """Bounding-box centre of every frame, float64 (T, 2) as (x, y) fractions of the frame side."""
+    step = DIRECTIONS[attrs["motion"]]
+    v = SPEEDS[attrs["speed"]] if attrs["motion"] != "still" else 0.0
+    t = np.arange(num_frames)[:, None]
+    return np.array([attrs["x"], attrs["y"]]) + t * v * np.array(step, float)
+
+
+def render_clip(attrs: dict[str, Any], num_frames: int, size: int) -> np.ndarray:
+    """The clip as uint8 (T, size, size, 3) RGB; T = num_frames <= MAX_FRAMES."""
+    if not 1 <= num_frames <= MAX_FRAMES:
+        raise ValueError(f"num_frames={num_frames}: must be in [1, {MAX_FRAMES}] for the path to stay in frame")
+    centres = centre_track(attrs, num_frames) * size  # (T, 2) pixels
+    grid = np.arange(size) + 0.5  # pixel centres
+    sdf = _sdf_grid(attrs["shape"], centres[:, 0], centres[:, 1], SIZES[attrs["size"]] * size / 2, grid, grid)
+    # Coverage as 256 levels (the `_alpha` ramp, times 255, rounded), blended through a table:
+    # one gather instead of float maths on (T, H, W, 3).
+    levels = np.clip(np.float32(128) - np.float32(255) * sdf, 0, 255, out=sdf).astype(np.uint8)  # (T, H, W)
+    bg, fg = np.array(BACKGROUNDS[attrs["background"]], float), np.array(COLOURS[attrs["colour"]], float)
+    lut = np.round(bg + np.linspace(0.0, 1.0, 256)[:, None] * (fg - bg)).astype(np.uint8)  # (256, 3)
+    return np.take(lut, levels, axis=0)  # (T, H, W, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the attributes back from pixels
+
+
+def _nearest(palette: dict[str, tuple[int, int, int]], rgb: np.ndarray) -> str:
+    names = list(palette)
+    dist = np.linalg.norm(np.array([palette[n] for n in names], float) - rgb, axis=1)
+    return names[int(np.argmin(dist))]
+
+
+def _blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) Gaussian blur of standard deviation `sigma` (pixels) along one axis, rows summing to 1."""
+    if sigma < 0.05:
+        return np.eye(n)
+    i = np.arange(n)
+    k = np.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
+    return k / k.sum(axis=1, keepdims=True)
+
+
+def _moments(c: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[float, float, float, float]:
+    """Mass, centroid (x, y) and mean axis variance (pixels^2) of a coverage map (H, W)."""
+    mass = float(c.sum())
+    px, py = c.sum(axis=0), c.sum(axis=1)  # (W,), (H,)
+    mx, my = float(px @ cols) / mass, float(py @ rows) / mass
+    var = (float(px @ (cols - mx) ** 2) + float(py @ (rows - my) ** 2)) / (2 * mass)
+    return mass, mx, my, var
+
+
+GAINS = np.linspace(0.8, 1.2, 9)
+"""Contrast factors tried between the measured coverage and a template: the shape's colour is
+read from its most distant pixels, which blur pulls towards the background."""
+
+
+def _fit_shapes(cov: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> dict[str, tuple[float, float, float, float]]:
+    """For each shape: (squared error, side in pixels, blur sigma in pixels, gain) of the best template.
+
+    `cov` (H, W) is the coverage in a window around one shape, unclipped so that noise averages
+    out. A Gaussian blur keeps the area and adds its variance to the second moment, so for a
+    given contrast gain (GAINS) the sum fixes each shape's side and the second moment its blur;
+    the template drawn with them is compared with `cov` pixel by pixel."""
+    mass, mx, my, var = _moments(cov, rows, cols)
+    out = {}
+    for shape in SHAPES:
+        best = (np.inf, 0.0, 0.0, 1.0)
+        for gain in GAINS:
+            side = np.sqrt(mass / gain / _AREA[shape])
+            tmpl = _alpha(shape, [mx], [my - _CENTROID_DY.get(shape, 0.0) * side], side / 2, rows, cols)[0]
+            sigma = np.sqrt(max(var - _moments(tmpl, rows, cols)[3], 0.0))
+            tmpl = gain * (_blur_matrix(len(rows), sigma) @ tmpl @ _blur_matrix(len(cols), sigma).T)
+            err = float(np.sum((cov - tmpl) ** 2))
+            if err < best[0]:
+                best = (err, float(side), float(sigma), float(gain))
+        out[shape] = best
+    return out
+
+
+def detect_attributes(frames: np.ndarray, template_frames: int = 6) -> dict[str, Any]:
+    """Recover shape, colour, size, motion, speed and background from uint8 (T, H, W, 3) RGB.
+
+    Background: the median of a thin border ring. Colour: the median of the pixels farthest from
+    it. Each pixel's coverage is its projection on the background -> colour line; coverage > 0.5
+    is the mask, whose centroid over time gives the motion (a straight-line fit). Shape and size:
+    on up to `template_frames` frames, each shape's template with the observed area, centroid and
+    blur (`_fit_shapes`) is compared with the coverage; the smallest summed squared error wins,
+    and its contrast gain corrects the colour (blur fades small shapes towards the background).
+    Robust to mild blur and noise. Keys as `attributes_for` (x, y left out), plus `measured`:
+    side (fraction of the frame side), velocity (x, y fractions of the side per frame), blur
+    (pixels; rough, from second moments), shape_fit (1 - residual energy / coverage energy), colour_rgb, background_rgb.
+    The attributes are None when no shape stands out from the background.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3), got {frames.shape}")
+    t, h, w, _ = frames.shape
+    x = frames.astype(np.float32)
+    ring = max(1, round(0.02 * min(h, w)))
+    border = np.concatenate([x[:, :ring].reshape(-1, 3), x[:, -ring:].reshape(-1, 3),
+                             x[:, :, :ring].reshape(-1, 3), x[:, :, -ring:].reshape(-1, 3)])
+    bg = np.median(border, axis=0)
+    out: dict[str, Any] = {"shape": None, "colour": None, "size": None, "motion": None, "speed": None,
+                           "background": _nearest(BACKGROUNDS, bg),
+                           "measured": {"background_rgb": bg.round(1).tolist()}}
+    dist = np.linalg.norm(x - bg, axis=-1)  # (T, H, W)
+    far = dist > max(0.75 * float(np.percentile(dist, 99.9)), MIN_CONTRAST / 4)
+    if not far.any():
+        return out
+    fg = np.median(x[far], axis=0)
+    cov = (x - bg) @ ((fg - bg) / float(np.sum((fg - bg) ** 2)))  # (T, H, W), ~[0, 1] plus noise
+    mask = cov > 0.5
+    area = mask.sum(axis=(1, 2)).astype(float)  # (T,) pixels
+    valid = np.flatnonzero(area > 0)
+    if len(valid) == 0:
+        return out
+    rows, cols = np.arange(h) + 0.5, np.arange(w) + 0.5
+    cx = (mask.sum(axis=1) @ cols)[valid] / area[valid]  # (V,) mask centroid, pixels
+    cy = (mask.sum(axis=2) @ rows)[valid] / area[valid]
+
+    pad = max(5, round(0.06 * min(h, w)))  # room for blurred edges around the mask's bounding box
+    fits: dict[str, list] = {s: [] for s in SHAPES}
+    energy = 0.0
+    for f in valid[np.unique(np.linspace(0, len(valid) - 1, min(template_frames, len(valid))).round().astype(int))]:
+        ys, xs = np.nonzero(mask[f])
+        y0, y1 = max(ys.min() - pad, 0), min(ys.max() + 1 + pad, h)
+        x0, x1 = max(xs.min() - pad, 0), min(xs.max() + 1 + pad, w)
+        win = cov[f, y0:y1, x0:x1]
+        energy += float(np.sum(win ** 2))
+        for shape, fit in _fit_shapes(win, rows[y0:y1], cols[x0:x1]).items():
+            fits[shape].append(fit)
+    errors = {s: sum(fit[0] for fit in v) for s, v in fits.items()}
+    shape = min(errors, key=errors.get)
+    _, side, blur, gain = np.mean(fits[shape], axis=0)
+    side /= min(h, w)
+    fg = bg + gain * (fg - bg)  # the contrast the template fit found
+    cut = np.sqrt(SIZES["small"] * SIZES["large"])  # geometric mean of the two sides
+
+    velocity = np.zeros(2)
+    if len(valid) >= 2:  # least-squares slope of the centroid over frame index, fractions per frame
+        velocity = np.array([np.polyfit(valid, cx / w, 1)[0], np.polyfit(valid, cy / h, 1)[0]])
+    speed = float(np.hypot(*velocity))
+    slow, fast = SPEEDS["slow"], SPEEDS["fast"]
+    if t == 1 or speed < slow / 2:
+        motion, speed_name = "still", None
+    else:
+        vx, vy = velocity
+        motion = ("right" if vx > 0 else "left") if abs(vx) >= abs(vy) else ("down" if vy > 0 else "up")
+        speed_name = "fast" if speed > np.sqrt(slow * fast) else "slow"
+    out.update(shape=shape, colour=_nearest(COLOURS, fg), size="small" if side < cut else "large",
+               motion=motion, speed=speed_name)
+    out["measured"].update(side=round(float(side), 4), velocity=velocity.round(5).tolist(), blur=round(float(blur), 2),
+                           shape_fit=round(1.0 - errors[shape] / max(energy, 1e-9), 3),
+                           colour_rgb=fg.round(1).tolist())
+    return out
+
+
+CHECKED = ("shape", "colour", "size", "motion", "speed", "background")
+"""The attributes a caption states and `detect_attributes` reads back."""
+
+
+def compare_attributes(expected: dict[str, Any], detected: dict[str, Any]) -> dict[str, bool]:
+    """Per attribute of CHECKED: does the detected value equal the expected one?"""
+    return {k: expected.get(k) == detected.get(k) for k in CHECKED}
