@@ -24,7 +24,8 @@ from loong_dist.errors import UserError
 ALIASES = {"--out": "run.out_dir"}
 # The rest of the pipeline (DESIGN.md "Data flow"), in order, until each lands.
 NOT_YET_BUILT = ["jobs.train_tokenizer (video tokenizer)", "data_prep.pretokenize (Ray shards)",
-                 "jobs.train stages 1-3", "jobs.generate (60 s videos)", "jobs.evaluate + report.html"]
+                 "jobs.train stages 1-3 (the engine exists; it needs the shards above)",
+                 "jobs.generate (60 s videos)", "jobs.evaluate + report.html"]
 
 
 @dataclass
