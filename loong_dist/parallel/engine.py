@@ -91,8 +91,10 @@ def deepspeed_config(cfg: Config, groups: ParallelGroups) -> dict:
                                                  "weight_decay": o.weight_decay,
                                                  "torch_adam": groups.device.type == "cpu"}},
         "scheduler": {"type": "WarmupCosineLR", "params": {
-            "total_num_steps": o.steps, "warmup_num_steps": o.warmup_steps,
-            "warmup_min_ratio": 0.0, "cos_min_ratio": o.min_lr_ratio, "warmup_type": "linear"}},
+            # DeepSpeed refuses 0 warm-up steps: no warm-up is one step that starts at the peak.
+            "total_num_steps": o.steps, "warmup_num_steps": max(1, o.warmup_steps),
+            "warmup_min_ratio": 0.0 if o.warmup_steps else 1.0, "cos_min_ratio": o.min_lr_ratio,
+            "warmup_type": "linear"}},
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }

@@ -1,0 +1,143 @@
+"""Training-step throughput: loong-dist's DeepSpeed step against a plain PyTorch reference of the
+same shape, and MFU against the dense matmul rate measured in the same run.
+
+    python bench/train_step.py [--size small] [--seq 1024] [--batch 2] [--precision fp32|bf16] [--steps 6]
+
+Prints: the machine's dense matmul FLOP/s (the peak), tokens/s and model FLOP/s of our step
+(DeepSpeed ZeRO-1, one rank), tokens/s of `transformers.LlamaForCausalLM` with the same widths
+trained by a plain AdamW loop on the same batches, the ratio, and MFU = model FLOP/s / peak.
+On a GPU it runs the same code on CUDA with NCCL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import time
+
+import torch
+
+from loong_dist.config import load_config
+from loong_dist.models.ar.sizes import flops_per_token
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def batches(vocab, batch, seq, steps, device):
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randint(0, vocab, (batch, seq), generator=g).to(device),
+             torch.randint(0, vocab, (batch, seq), generator=g).to(device)) for _ in range(steps)]
+
+
+def time_steps(step, data, warmup, device) -> float:
+    for tokens, targets in data[:warmup]:
+        step(tokens, targets)
+    sync(device)
+    t0 = time.perf_counter()
+    for tokens, targets in data[warmup:]:
+        step(tokens, targets)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def ours(cfg, vocab, data, warmup, groups):
+    from loong_dist.parallel.engine import build_engine, build_model
+
+    torch.manual_seed(0)
+    engine = build_engine(build_model(cfg.model, vocab, groups, cfg.parallel), cfg, groups)
+
+    def step(tokens, targets):
+        loss = engine(tokens, targets).mean()
+        engine.backward(loss)
+        engine.step()
+
+    return time_steps(step, data, warmup, groups.device)
+
+
+def reference(cfg, vocab, data, warmup, device, dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    m = cfg.model
+    hf = LlamaConfig(vocab_size=vocab, hidden_size=m.dim, intermediate_size=m.ffn_dim, num_hidden_layers=m.n_layers,
+                     num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads, max_position_embeddings=m.max_seq_len,
+                     rope_theta=m.rope_theta, rms_norm_eps=m.norm_eps, tie_word_embeddings=False)
+    hf._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(hf).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+
+    def step(tokens, targets):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype == torch.bfloat16):
+            logits = model(input_ids=tokens).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return time_steps(step, data, warmup, device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="small")
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--vocab", type=int, default=8192 + 512, help="text + video ids (padded to 128 by the layout)")
+    args = p.parse_args()
+
+    if "RANK" not in os.environ:  # one local rank
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
+
+    groups = init_parallel(1)
+    vocab = (args.vocab + 127) // 128 * 128
+    cfg = load_config(None, [f"model.size={args.size}", f"model.max_seq_len={args.seq}", "parallel.zero_stage=1",
+                             f"parallel.precision={args.precision}", f"optim.micro_batch_size={args.batch}",
+                             "optim.warmup_steps=0", f"optim.steps={args.steps + 10}"])
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    device = groups.device
+    data = batches(vocab, args.batch, args.seq, args.steps + args.warmup, device)
+    m = cfg.model
+    fpt = flops_per_token(m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim, vocab, args.seq) \
+        - 6.0 * m.n_layers * m.dim * args.seq / 2  # causal: half the attention matrix
+    tokens = args.batch * args.seq * args.steps
+
+    peak = matmul_peak(dtype, device)
+    t_ours = ours(cfg, vocab, data, args.warmup, groups)
+    t_ref = reference(cfg, vocab, data, args.warmup, device, dtype)
+    destroy_parallel()
+
+    print(f"machine: {device.type}, {torch.get_num_threads()} threads; model {args.size} ({m.dim}x{m.n_layers}), "
+          f"vocab {vocab}, batch {args.batch} x {args.seq} tokens, {args.precision}")
+    print(f"dense matmul peak (same run):   {peak / 1e9:9.1f} GFLOP/s")
+    print(f"loong-dist step (DeepSpeed):    {tokens / t_ours:9.0f} tokens/s  {fpt * tokens / t_ours / 1e9:8.1f} GFLOP/s")
+    print(f"reference (HF Llama + AdamW):   {tokens / t_ref:9.0f} tokens/s  {fpt * tokens / t_ref / 1e9:8.1f} GFLOP/s")
+    print(f"ratio ours / reference: {t_ref / t_ours:.2f}x   MFU: {fpt * tokens / t_ours / peak:.1%} "
+          f"(reference {fpt * tokens / t_ref / peak:.1%})")
+
+
+if __name__ == "__main__":
+    main()
