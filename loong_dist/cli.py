@@ -79,6 +79,7 @@ COMMANDS = {
     "samples": "data_prep.samples",
     "synthetic": "data_prep.synthetic",
     "text-tokenizer": "data_prep.text_tokenizer",
+    "train": "jobs.train",
     "quickstart": "jobs.quickstart",
 }
 
