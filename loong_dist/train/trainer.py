@@ -79,6 +79,13 @@ class Trainer:
                                   cfg.run.seed, cfg.train.latent_frames or None, self.storage, cfg.train.loader_workers)
         self.step = 0
         self.is_main = (not dist.is_initialized()) or dist.get_rank() == 0
+        if self.is_main:
+            self.padding = self.loader.padding_report()
+            buckets = {f: b.micro_batch for f, b in self.loader.sampler.buckets.items()}
+            log.info("buckets (latent frames: micro-batch) %s; padding %.2f%% bucketed vs %.2f%% naive "
+                     "(pad-to-longest, batch %d)", buckets, 100 * self.padding["bucketed"], 100 * self.padding["naive"],
+                     self.padding["naive_batch_size"])
+            (self.out / "padding.json").write_text(json.dumps(dict(self.padding, micro_batch=buckets)) + "\n")
 
     # -- checkpoints ---------------------------------------------------------------------------
 
