@@ -19,6 +19,9 @@ PYTEST_ARGS ?=
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export LOONG_CACHE_DIR ?= $(CURDIR)/.cache/loong
 export RAY_USAGE_STATS_ENABLED := 0
+# glibc keeps freed memory instead of unmapping large blocks (see loong_dist/cli.py keep_freed_memory).
+export MALLOC_MMAP_MAX_ := 0
+export MALLOC_TRIM_THRESHOLD_ := 1073741824
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install demo test bench lock clean

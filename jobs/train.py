@@ -14,7 +14,7 @@ import socket
 
 import torch.multiprocessing as mp
 
-from loong_dist.cli import job_parser, log, resolve_config, run_job, setup_logging
+from loong_dist.cli import job_parser, log, resolve_config, run_job, setup_process
 from loong_dist.config import Config, save_config
 from loong_dist.errors import ConfigError
 
@@ -36,7 +36,7 @@ def run_rank(cfg: Config) -> None:
 
 
 def _spawned(rank: int, world: int, port: int, cfg: Config) -> None:
-    setup_logging()
+    setup_process()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     run_rank(cfg)

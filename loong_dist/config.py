@@ -163,6 +163,59 @@ class TextTokenizerConfig:
 
 
 @dataclass
+class PretokenizeConfig:
+    """data_prep.pretokenize: manifest -> decoded clips -> token ids -> webdataset shards + index.
+    The clip lengths, frame rate and size come from `data`; the tokenizers from `tokenizer.path`
+    and `text.path`."""
+
+    out: str = ""
+    """Folder or s3:// prefix receiving the shards, index.json, summary.json and rejects.jsonl."""
+    shard_target_mb: float = 64.0
+    """Target shard size (MiB): manifest windows are packed in order until their estimated token
+    bytes reach it (a window's clips never straddle two shards)."""
+    clips_per_window: int = 1
+    """Clips of each length cut from a manifest window, back to back from its start; more than one
+    only where the window's `end` is known and leaves room for them."""
+    include_held_out: bool = False
+    """Also tokenize manifest entries marked split=held_out (off: shards are training data)."""
+    encode_batch: int = 8
+    """Clips of one length per tokenizer forward pass; also the manifest windows per work chunk."""
+    num_encoders: int = 1
+    """Tokenizer actors (each holds one model; one GPU each when the cluster has GPUs)."""
+    encoder_cpus: float = 1.0
+    """CPUs reserved by each tokenizer actor (also its torch thread count, rounded, at least 1)."""
+    decode_cpus: float = 1.0
+    """CPUs reserved by each decode task (one per chunk of manifest windows)."""
+    bf16: bool = True
+    """Encode under bfloat16 autocast (about 2.5x faster on CPUs with avx512_bf16; ids differ
+    from float32 ones in places)."""
+    max_in_flight: int = 4
+    """Chunks decoded or being encoded at once: the bound on decoded pixels in memory
+    (chunks x encode_batch windows x clips), whatever the corpus size."""
+    max_shards_in_flight: int = 2
+    """Shards whose chunks are being produced or written at once (bounds token arrays held)."""
+    ray_address: str = ""
+    """Ray cluster to join: "" starts a local Ray in-process (or joins the cluster when run by
+    `ray job submit`, which sets RAY_ADDRESS); "auto" or host:port joins that cluster."""
+    local_cpus: int = 0
+    """CPUs given to a local in-process Ray (0: every core of the machine)."""
+    progress: bool = True
+    """Show a progress bar (clips) in the driver."""
+
+    def __post_init__(self):
+        _check(self.shard_target_mb > 0, "pretokenize.shard_target_mb", self.shard_target_mb, "must be > 0")
+        _check(self.clips_per_window >= 1, "pretokenize.clips_per_window", self.clips_per_window, "must be >= 1")
+        _check(self.encode_batch >= 1, "pretokenize.encode_batch", self.encode_batch, "must be >= 1")
+        _check(self.num_encoders >= 1, "pretokenize.num_encoders", self.num_encoders, "must be >= 1")
+        _check(self.encoder_cpus > 0, "pretokenize.encoder_cpus", self.encoder_cpus, "must be > 0")
+        _check(self.decode_cpus > 0, "pretokenize.decode_cpus", self.decode_cpus, "must be > 0")
+        _check(self.max_in_flight >= 1, "pretokenize.max_in_flight", self.max_in_flight, "must be >= 1")
+        _check(self.max_shards_in_flight >= 1, "pretokenize.max_shards_in_flight", self.max_shards_in_flight,
+               "must be >= 1")
+        _check(self.local_cpus >= 0, "pretokenize.local_cpus", self.local_cpus, "must be >= 0 (0: all cores)")
+
+
+@dataclass
 class ModelConfig:
     """The decoder-only transformer. `size` names a row of MODEL_SIZES (loong_dist/models/ar/sizes.py);
     a width field left at None takes that row's value, one set here overrides it."""
@@ -347,6 +400,41 @@ class TrainConfig:
 
 
 @dataclass
+class TokenizerTrainConfig:
+    manifests: list[str] = field(default_factory=list)
+    """Training manifests (paths or s3:// URIs); entries with split=held_out are never used."""
+    eval_manifest: str = ""
+    """Manifest whose held_out entries give the evaluation clips (empty: no evaluation during training)."""
+    clips: int = 512
+    """Training clips decoded once into the clip bank (uint8, kept in the run folder)."""
+    eval_clips: int = 16
+    """Held-out clips evaluated every eval_every steps."""
+    frames: int = 17
+    """Frames per training clip (1 + 4k)."""
+    l1_weight: float = 1.0
+    """Weight of the L1 reconstruction loss (pixels in [-1, 1])."""
+    l2_weight: float = 1.0
+    """Weight of the squared-error reconstruction loss."""
+    fsq_bound_weight: float = 0.1
+    """Weight of the penalty on latent values beyond the FSQ range (keeps tanh out of saturation)."""
+    eval_every: int = 200
+    """Optimizer steps between held-out PSNR/SSIM evaluations (and preview files)."""
+    save_every: int = 200
+    """Optimizer steps between checkpoints (DeepSpeed state + exported safetensors)."""
+
+    def __post_init__(self):
+        _check(self.clips >= 1, "tokenizer_train.clips", self.clips, "must be >= 1")
+        _check(self.eval_clips >= 0, "tokenizer_train.eval_clips", self.eval_clips, "must be >= 0")
+        _check(self.frames >= 1 and (self.frames - 1) % 4 == 0, "tokenizer_train.frames", self.frames,
+               "must be 1 + 4k")
+        _check(self.l1_weight >= 0 and self.l2_weight >= 0 and self.l1_weight + self.l2_weight > 0,
+               "tokenizer_train.l1_weight", self.l1_weight, "L1 and L2 weights must be >= 0, not both 0")
+        _check(self.fsq_bound_weight >= 0, "tokenizer_train.fsq_bound_weight", self.fsq_bound_weight, "must be >= 0")
+        _check(self.eval_every >= 1, "tokenizer_train.eval_every", self.eval_every, "must be >= 1")
+        _check(self.save_every >= 1, "tokenizer_train.save_every", self.save_every, "must be >= 1")
+
+
+@dataclass
 class Config:
     """Root config of every loong-dist job; each job reads the sections it needs."""
 
@@ -372,6 +460,10 @@ class Config:
     """AdamW, schedule, clipping, accumulation."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Training data, batching and checkpoints."""
+    tokenizer_train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
+    """Video tokenizer training (jobs.train_tokenizer)."""
+    pretokenize: PretokenizeConfig = field(default_factory=PretokenizeConfig)
+    """Offline tokenization of a manifest into token shards on Ray (data_prep.pretokenize)."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""Train the video tokenizer (causal 3D CNN + FSQ) on manifest clips, data-parallel with DeepSpeed.
+
+    python -m jobs.train_tokenizer --config configs/tokenizer/cpu.yaml --out runs/tokenizer [--nproc 1]
+        [--max-minutes M] [key=value ...]
+
+Writes into the run folder: tokenizer.safetensors (load_tokenizer), checkpoints/ (resume),
+eval.jsonl (held-out PSNR/SSIM against training time), previews/, tensorboard/, config.yaml.
+Started again with the same folder it resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch.multiprocessing as mp
+
+from loong_dist.cli import job_parser, log, resolve_config, run_job, setup_process
+from loong_dist.config import Config, save_config
+from loong_dist.errors import ConfigError
+
+ALIASES = {"--out": "run.out_dir", "--steps": "optim.steps", "--manifest": "tokenizer_train.manifests",
+           "--eval-manifest": "tokenizer_train.eval_manifest"}
+
+
+def run_rank(cfg: Config, max_seconds: float | None) -> None:
+    from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
+    from loong_dist.train.tokenizer_trainer import TokenizerTrainer
+
+    groups = init_parallel(1, None if cfg.parallel.backend == "auto" else cfg.parallel.backend)
+    try:
+        trainer = TokenizerTrainer(cfg, groups)
+        trainer.resume()
+        trainer.fit(max_seconds=max_seconds)
+    finally:
+        destroy_parallel()
+
+
+def _spawned(rank: int, world: int, port: int, cfg: Config, max_seconds: float | None) -> None:
+    setup_process()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    run_rank(cfg, max_seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = job_parser("python -m jobs.train_tokenizer", __doc__.splitlines()[0], ALIASES,
+                        sections=("tokenizer_train", "tokenizer", "optim", "parallel", "data", "run"))
+    parser.add_argument("--nproc", type=int, default=1, help="local data-parallel ranks when not under a launcher")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    args = parser.parse_args(argv)
+    cfg = resolve_config(args, ALIASES)
+    if not cfg.tokenizer_train.manifests:
+        raise ConfigError("config: tokenizer_train.manifests is empty: pass --manifest M[,M2]")
+    if cfg.parallel.tp != 1:
+        raise ConfigError(f"config: parallel.tp={cfg.parallel.tp}: the tokenizer trains data-parallel only")
+    max_seconds = args.max_minutes * 60 if args.max_minutes else None
+    save_config(cfg, os.path.join(cfg.run.out_dir, "config.yaml"))
+    if "RANK" in os.environ:
+        run_rank(cfg, max_seconds)
+        return 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log.info("tokenizer training on %d local rank(s) -> %s", args.nproc, cfg.run.out_dir)
+    mp.start_processes(_spawned, args=(args.nproc, port, cfg, max_seconds), nprocs=args.nproc, join=True,
+                       start_method="spawn")
+    return 0
+
+
+if __name__ == "__main__":
+    run_job(main)

@@ -1,0 +1,183 @@
+"""Video tokenizer training: reconstruction + FSQ range penalty, data-parallel through the same
+DeepSpeed engine builder as the transformer.
+
+Each step draws `optim.micro_batch_size` clips per rank from the clip bank with a generator seeded
+by (seed, step, rank) - so a resumed run draws the same clips - and flips half of them. Every
+`eval_every` steps the held-out clips are encoded and decoded with the uint8 API and scored (PSNR,
+SSIM, codebook use) against the bilinear 8x reference; the numbers go to TensorBoard and to
+`eval.jsonl` (with wall time: the PSNR-against-training-time curve), and `preview_<step>.gif`
+shows originals beside reconstructions. Checkpoints: DeepSpeed's (resume) plus the weights
+exported as `tokenizer.safetensors` (what load_tokenizer reads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from loong_dist.config import Config
+from loong_dist.data.clip_bank import build_clip_bank, load_or_build
+from loong_dist.data.manifest import read_manifest
+from loong_dist.evaluation.video_metrics import bilinear_reference, psnr, ssim
+from loong_dist.io.storage import Storage
+from loong_dist.io.video import write_gif
+from loong_dist.models.tokenizer import VideoTokenizer, save_tokenizer
+from loong_dist.models.tokenizer.quantizer import code_usage
+from loong_dist.parallel.engine import build_engine, use_bf16
+from loong_dist.parallel.process_groups import ParallelGroups
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_clips(model: VideoTokenizer, clips: np.ndarray, batch: int = 4) -> dict:
+    """Encode/decode uint8 clips (N, T, H, W, 3): per-clip PSNR/SSIM, the bilinear reference, code use."""
+    was_training = model.training
+    model.eval()
+    recons, ids = [], []
+    for i in range(0, len(clips), batch):
+        x = torch.from_numpy(np.ascontiguousarray(clips[i:i + batch]))
+        code = model.encode(x)
+        ids.append(code)
+        recons.append(model.decode(code).cpu().numpy())
+    model.train(was_training)
+    recon = np.concatenate(recons)
+    per_clip = [{"psnr": psnr(c, r), "ssim": ssim(c, r), "ref_psnr": psnr(c, bilinear_reference(c))}
+                for c, r in zip(clips, recon)]
+    usage = code_usage(torch.cat(ids), model.codebook_size)
+    return {"psnr": float(np.mean([p["psnr"] for p in per_clip])), "ssim": float(np.mean([p["ssim"] for p in per_clip])),
+            "ref_psnr": float(np.mean([p["ref_psnr"] for p in per_clip])), **usage, "per_clip": per_clip,
+            "recon": recon}
+
+
+class TokenizerTrainer:
+    def __init__(self, cfg: Config, groups: ParallelGroups):
+        self.cfg, self.groups = cfg, groups
+        self.out = Path(cfg.run.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.is_main = (not dist.is_initialized()) or dist.get_rank() == 0
+        storage = Storage(cfg.storage)
+        tt = cfg.tokenizer_train
+        train = [e for m in tt.manifests for e in read_manifest(m, storage)[0] if e.extra.get("split") != "held_out"]
+        self.bank = load_or_build(self.out / "clip_bank.npy", lambda: build_clip_bank(
+            train, tt.clips, tt.frames, cfg.data.fps, cfg.data.size, cfg.run.seed, storage, "training clips"))
+        self.eval_bank = None
+        if tt.eval_manifest and tt.eval_clips:
+            held = [e for e in read_manifest(tt.eval_manifest, storage)[0] if e.extra.get("split") == "held_out"]
+            self.eval_bank = load_or_build(self.out / "eval_bank.npy", lambda: build_clip_bank(
+                held, tt.eval_clips, tt.frames, cfg.data.fps, cfg.data.size, cfg.run.seed + 1, storage, "held-out clips"))
+        torch.manual_seed(cfg.run.seed)
+        self.model = VideoTokenizer(cfg.tokenizer).to(groups.device)
+        # fp32 weights and optimizer in DeepSpeed, convs under bf16 autocast: the tokenizer keeps its
+        # quantizer and output in float32 itself, which a bf16-cast module would fight.
+        self.bf16 = use_bf16(cfg.parallel, groups.device)
+        fp32 = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, precision="fp32"))
+        self.engine = build_engine(self.model, fp32, groups)
+        self.step, self.wall = 0, 0.0
+        self.writer = None
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            n_params = sum(p.numel() for p in self.model.parameters())
+            log.info("tokenizer: %.2fM parameters, codebook %d, bank %s", n_params / 1e6, self.model.codebook_size,
+                     tuple(self.bank.shape))
+
+    def batch(self) -> torch.Tensor:
+        """This rank's clips for this step: float (b, 3, T, H, W) in [-1, 1]."""
+        rng = np.random.default_rng([self.cfg.run.seed, self.step, self.groups.dp_rank])
+        idx = np.sort(rng.choice(len(self.bank), self.cfg.optim.micro_batch_size, replace=False))
+        clips = torch.from_numpy(np.ascontiguousarray(self.bank[idx]))  # (b, T, H, W, 3) uint8
+        flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+        clips[flip] = clips[flip].flip(3)
+        x = clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (b, 3, T, H, W)
+        return x.to(self.groups.device)
+
+    def train_step(self) -> dict:
+        tt = self.cfg.tokenizer_train
+        losses = {}
+        for _ in range(self.cfg.optim.grad_accum_steps):
+            x = self.batch()
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                recon, _, aux = self.engine(x)
+            recon = recon.float()
+            l1, l2 = F.l1_loss(recon, x), F.mse_loss(recon, x)
+            loss = tt.l1_weight * l1 + tt.l2_weight * l2 + tt.fsq_bound_weight * aux["fsq_bound"]
+            self.engine.backward(loss)
+            self.engine.step()
+            losses = {"loss": float(loss), "l1": float(l1), "l2": float(l2), "fsq_bound": float(aux["fsq_bound"])}
+        self.step += 1
+        return losses
+
+    def save(self) -> None:
+        self.engine.save_checkpoint(str(self.out / "checkpoints"), tag=f"step{self.step:08d}",
+                                    client_state={"step": self.step, "wall": self.wall})
+        if self.is_main:
+            save_tokenizer(self._fp32_model(), self.out / "tokenizer.safetensors")
+
+    def _fp32_model(self) -> VideoTokenizer:
+        model = VideoTokenizer(self.cfg.tokenizer)
+        model.load_state_dict({k: v.float().cpu() for k, v in self.engine.module.state_dict().items()})
+        return model.eval()
+
+    def resume(self) -> bool:
+        if not (self.out / "checkpoints" / "latest").exists():
+            return False
+        path, client = self.engine.load_checkpoint(str(self.out / "checkpoints"))
+        if path is None:
+            return False
+        self.step, self.wall = int(client["step"]), float(client["wall"])
+        log.info("resumed from %s at step %d (%.0f s trained)", path, self.step, self.wall)
+        return True
+
+    def evaluate(self) -> dict | None:
+        if self.eval_bank is None or not self.is_main:
+            return None
+        result = evaluate_clips(self._fp32_model(), self.eval_bank)
+        recon = result.pop("recon")
+        row = {"step": self.step, "wall_s": round(self.wall, 1),
+               **{k: v for k, v in result.items() if k != "per_clip"}}
+        with open(self.out / "eval.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k in ("psnr", "ssim", "ref_psnr", "used", "perplexity"):
+            self.writer.add_scalar(f"eval/{k}", row[k], self.step)
+        pairs = np.concatenate([np.asarray(self.eval_bank[:4]), recon[:4]], axis=3)  # original | recon side by side
+        write_gif(self.out / "previews" / f"preview_{self.step:08d}.gif", np.concatenate(list(pairs), axis=1),
+                  fps=self.cfg.data.fps)
+        log.info("step %d (%.0f s): held-out PSNR %.2f dB (bilinear reference %.2f), SSIM %.3f, codes used %.2f%%",
+                 self.step, self.wall, row["psnr"], row["ref_psnr"], row["ssim"], 100 * row["used"])
+        return row
+
+    def fit(self, steps: int | None = None, max_seconds: float | None = None) -> None:
+        steps = steps or self.cfg.optim.steps
+        tt = self.cfg.tokenizer_train
+        started = time.time()
+        if self.step == 0:
+            self.evaluate()
+        while self.step < steps:
+            t0 = time.perf_counter()
+            losses = self.train_step()
+            self.wall += time.perf_counter() - t0
+            if self.is_main:
+                for k, v in losses.items():
+                    self.writer.add_scalar(f"train/{k}", v, self.step)
+                if self.step % self.cfg.run.log_every == 0:
+                    log.info("step %d/%d loss %.4f (l1 %.4f, l2 %.4f) lr %.2e %.2f s/step", self.step, steps,
+                             losses["loss"], losses["l1"], losses["l2"], self.engine.get_lr()[0],
+                             self.wall / max(self.step, 1))
+            if self.step % tt.eval_every == 0:
+                self.evaluate()
+            out_of_time = max_seconds is not None and time.time() - started > max_seconds
+            if self.step % tt.save_every == 0 or self.step == steps or out_of_time:
+                self.save()
+            if out_of_time:
+                log.info("time limit reached at step %d; run the same command again to continue", self.step)
+                break
+        if self.writer is not None:
+            self.writer.flush()
