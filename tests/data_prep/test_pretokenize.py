@@ -1,0 +1,261 @@
+"""data_prep.pretokenize: shards plain webdataset reads, an index whose totals add up, ids equal to a
+direct tokenizer call, rejects with reasons, resume without re-encoding, S3 in and out with killed
+workers (every key exactly once), one-line errors before any work, and `ray job submit` against a
+`ray start --head` cluster on 127.0.0.1."""
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+import webdataset as wds
+
+import data_prep.pretokenize as job
+import data_prep.synthetic as synthetic
+from loong_dist.config import TokenizerConfig, load_config
+from loong_dist.data.manifest import read_manifest, write_manifest
+from loong_dist.data.pretokenize import CRASH_ENV, clip_key, plan_shards
+from loong_dist.data.shards import ShardIndex, ShardReader
+from loong_dist.data.text_tokenizer import TextTokenizer, train_text_tokenizer
+from loong_dist.io.storage import join
+from loong_dist.io.video import read_clip
+from loong_dist.models.tokenizer import VideoTokenizer, load_tokenizer, save_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = str(Path(sys.executable))
+FAST = ["--frames", "1,17", "--fps", "8", "--size", "32", "pretokenize.local_cpus=2", "pretokenize.encode_batch=2",
+        "pretokenize.shard_target_mb=0.01", "pretokenize.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny random tokenizer, a text tokenizer, and 8 synthetic 17-frame 32x32 clips."""
+    root = tmp_path_factory.mktemp("pretok")
+    torch.manual_seed(0)
+    save_tokenizer(VideoTokenizer(TokenizerConfig(channels=8, num_res_blocks=0, decoder_res_blocks=0)),
+                   root / "tok.safetensors")
+    assert synthetic.main(["--out", str(root / "syn"), "--n", "8", "--frames", "17", "--size", "32",
+                           "synthetic.held_out=0"]) == 0
+    entries, _ = read_manifest(str(root / "syn" / "manifest.jsonl"))
+    TextTokenizer(train_text_tokenizer([e.caption for e in entries], 300)).save(str(root / "text.model"))
+    return root
+
+
+def _args(assets, manifest, out, *extra):
+    return ["--manifest", str(manifest), "--tokenizer", str(assets / "tok.safetensors"),
+            "--text-tokenizer", str(assets / "text.model"), "--out", str(out), *FAST, *extra]
+
+
+def _bad_manifest(assets, folder: Path) -> Path:
+    """5 good windows, a corrupt file, a missing file, a bad line, and a window too short for 17 frames."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
+    lines = (assets / "syn" / "manifest.jsonl").read_text().splitlines()[:5]
+    lines = [json.dumps(dict(json.loads(x), video=str(assets / "syn" / json.loads(x)["video"]))) for x in lines]
+    video0 = json.loads(lines[0])["video"]
+    lines += [json.dumps({"video": str(folder / "corrupt.mp4"), "caption": "corrupt"}),
+              json.dumps({"video": str(folder / "missing.mp4"), "caption": "missing"}),
+              '{"video": "x.mp4", "caption": ',
+              json.dumps({"video": video0, "caption": "late start", "start": 1.5})]
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "manifest.jsonl"
+
+
+def _tar_keys(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [m.name.split(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".json")]
+
+
+def test_local_run_rejects_index_ids_and_resume(assets, tmp_path, capsys):
+    manifest, out = _bad_manifest(assets, tmp_path / "in"), tmp_path / "out"
+    assert job.main(_args(assets, manifest, out, "pretokenize.bf16=false")) == 0
+    assert "9 rejects" not in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    # 5 good windows x 2 lengths + the late window's 1-frame clip; rejects: corrupt, missing, bad line, too short.
+    assert (summary["videos"], summary["clips"], summary["clips_encoded"]) == (8, 11, 11)
+    assert summary["rejects"] == 4 and summary["rejects_by_stage"] == {"manifest": 1, "decode": 3}
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    reasons = {r["line"]: r["reason"] for r in rejects}
+    assert "not a readable video" in reasons[6] and "corrupt.mp4" in reasons[6]
+    assert "no such file" in reasons[7] and "bad manifest line" in reasons[8]
+    assert "too short" in reasons[9] and [r["frames"] for r in rejects if r["line"] == 9] == [[17]]
+
+    index = ShardIndex.load(str(out))
+    assert index.meta["codebook_size"] == load_tokenizer(assets / "tok.safetensors").codebook_size
+    assert index.meta["text_vocab_size"] == TextTokenizer.load(str(assets / "text.model")).vocab_size
+    assert index.totals["samples"] == 11 == len({s.key for s in index.samples})
+    assert index.totals["samples_by_latent_frames"] == {"1": 6, "5": 5}
+    assert index.totals["video_tokens"] == sum(s.video_tokens for s in index.samples) == summary["video_tokens"]
+    shards = sorted(out.glob("shard-*.tar"))
+    assert len(shards) == index.totals["shards"] == summary["shards"] > 1
+    # Plain webdataset reads every shard; ids equal the tokenizer's own encoding of the same clip.
+    got = list(wds.WebDataset([str(p) for p in shards], shardshuffle=False).decode())
+    assert sorted(x["__key__"] for x in got) == sorted(s.key for s in index.samples)
+    tok, text = load_tokenizer(assets / "tok.safetensors"), TextTokenizer.load(str(assets / "text.model"))
+    for x in got[:4]:
+        meta = x["json"]
+        clip = read_clip(meta["source"], meta["start"], meta["frames"], 8.0, 32)
+        assert np.array_equal(x["video.npy"], tok.encode(clip[None])[0].numpy())
+        assert list(x["text.npy"]) == text.encode(x["caption.txt"])
+        assert x["__key__"] == clip_key(meta["source"], meta["start"], meta["frames"])
+    ref = index.samples[0]
+    same = next(x for x in got if x["__key__"] == ref.key)
+    assert np.array_equal(ShardReader(index).read(ref).video, same["video.npy"])
+
+    # A re-run skips every complete shard (no Ray, no encoding); the tars stay as they were.
+    mtimes = [p.stat().st_mtime_ns for p in shards]
+    t0 = time.time()
+    assert job.main(_args(assets, manifest, out, "pretokenize.bf16=false")) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert (again["shards_skipped"], again["clips_encoded"], again["clips"]) == (len(shards), 0, 11)
+    assert [p.stat().st_mtime_ns for p in shards] == mtimes and time.time() - t0 < 10
+    # A lost shard alone is redone.
+    shards[1].unlink()
+    assert job.main(_args(assets, manifest, out, "pretokenize.bf16=false")) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["shards_skipped"] == len(shards) - 1 and again["clips"] == 11 and shards[1].exists()
+
+
+def test_plan_is_deterministic_and_packs_by_size(assets):
+    cfg = load_config(None, ["data.frames=[1,17]", "data.fps=8", "data.size=32", "pretokenize.shard_target_mb=0.01"])
+    entries, bad = read_manifest(str(assets / "syn" / "manifest.jsonl"))
+    tok = load_tokenizer(assets / "tok.safetensors")
+    plan = lambda: plan_shards(entries + entries[:1], bad, cfg, lambda c: [1, 2, 3],  # noqa: E731
+                               lambda t: tok.latent_shape(t, 32, 32), tok.codebook_size, "x")
+    a, rej, _ = plan()
+    b, _, _ = plan()
+    assert [(s.name, s.fingerprint) for s in a] == [(s.name, s.fingerprint) for s in b]
+    keys = [c.key for s in a for w in s.windows for c in w.clips]
+    assert len(keys) == len(set(keys)) == 16 and len(a) > 1
+    assert [r["reason"].split(" (")[0] for r in rej] == ["duplicate clip"] * 2
+
+
+def test_s3_in_and_out_with_killed_workers(assets, tmp_path, s3_bucket, s3_storage, monkeypatch):
+    """Manifest, videos and output on S3; a decode task, an encoder actor and a write task each die
+    once (os._exit) and are retried by Ray; every planned key is in the output exactly once."""
+    local = _bad_manifest(assets, tmp_path / "in")
+    entries, bad = read_manifest(str(local), strict=False)
+    moved = []
+    for e in entries:
+        uri = join(s3_bucket, "videos", Path(e.video).name)
+        if Path(e.video).exists():
+            s3_storage.upload_file(e.video, uri)
+        moved.append(type(e)(uri, e.caption, e.start, e.end, e.extra, e.line))
+    manifest = join(s3_bucket, "manifest.jsonl")
+    write_manifest(manifest, moved, s3_storage)
+    s3_storage.write_text(manifest, s3_storage.read_text(manifest) + "not json\n")
+    out = join(s3_bucket, "shards")
+    monkeypatch.setenv(CRASH_ENV, f"{tmp_path}:decode,encode,write")
+    assert job.main(_args(assets, manifest, out, "pretokenize.max_in_flight=2")) == 0
+    assert sorted(p.name for p in tmp_path.glob("crashed-*")) == ["crashed-decode", "crashed-encode", "crashed-write"]
+    summary = json.loads(s3_storage.read_text(join(out, "summary.json")))
+    assert summary["clips"] == 11 and summary["rejects"] == 4
+    reasons = " ".join(json.loads(x)["reason"] for x in s3_storage.read_text(join(out, "rejects.jsonl")).splitlines())
+    assert "s3://" in reasons and "no such object" in reasons and "not a readable video" in reasons
+    keys = []
+    for uri in s3_storage.list(out):
+        if uri.endswith(".tar"):
+            keys += _tar_keys(s3_storage.read_bytes(uri))
+    index = ShardIndex.load(out, s3_storage)
+    assert len(keys) == len(set(keys)) == 11 and sorted(keys) == sorted(s.key for s in index.samples)
+    sample = ShardReader(index, s3_storage).read(index.samples[-1])
+    assert sample.video.shape[0] in (1, 5) and sample.text[0] == TextTokenizer.load(str(assets / "text.model")).bos_id
+
+
+def _run_cli(*args, env=None, timeout=120):
+    return subprocess.run([PY, "-m", "data_prep.pretokenize", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_wrong_tokenizer_and_unreachable_bucket_fail_fast(assets, tmp_path, s3_env):
+    manifest = assets / "syn" / "manifest.jsonl"
+    runs = {
+        "tokenizer": (_args(assets, manifest, tmp_path / "o1")[:2] + ["--tokenizer", str(tmp_path / "nope.safetensors")]
+                      + _args(assets, manifest, tmp_path / "o1")[4:], "nope.safetensors"),
+        "bucket": (_args(assets, manifest, "s3://no-such-bucket-xyz/out"), "bucket does not exist"),
+        "endpoint": (_args(assets, manifest, "s3://loong-unreachable/out", "storage.endpoint_url=http://127.0.0.1:9",
+                           "storage.max_attempts=1", "storage.connect_timeout_s=1"), "cannot reach"),
+    }
+    for name, (args, needle) in runs.items():
+        t0 = time.time()
+        r = _run_cli(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2, (name, r.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (name, r.stderr)
+        assert time.time() - t0 < 30 and not (tmp_path / "o1").exists()
+
+
+def test_real_sample_clips(assets, sample_videos, tmp_path):
+    entries, _ = read_manifest(str(sample_videos / "train.jsonl"))
+    manifest = tmp_path / "real.jsonl"
+    write_manifest(str(manifest), entries[:3])
+    out = tmp_path / "out"
+    assert job.main(_args(assets, manifest, out, "--size", "64")) == 0
+    index = ShardIndex.load(str(out))
+    assert index.totals["samples"] == 6 and index.meta["size"] == 64
+    assert {s.video_tokens for s in index.samples} == {64, 5 * 64}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_cluster(temp_dir: str, gcs_port: int) -> None:
+    """Stop only the Ray processes of this cluster (never `ray stop`, which stops every Ray on the
+    machine): those naming its temp dir or its GCS address, and their children."""
+    procs = {}
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in a or a.endswith(f":{gcs_port}") for a in p.info["cmdline"] or []):
+                procs[p.pid] = p
+                procs.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.Error:
+            pass
+    for p in procs.values():
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=10)
+    for p in alive:
+        p.kill()
+
+
+def test_ray_job_submit_against_a_head_node(assets, tmp_path):
+    temp_dir = f"/tmp/loong-ray-{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
+    port, dash, client = _free_port(), _free_port(), _free_port()
+    env = dict(os.environ, PATH=f"{Path(PY).parent}:{os.environ['PATH']}", RAY_USAGE_STATS_ENABLED="0",
+               RAY_AUTH_MODE="disabled")  # a private cluster on 127.0.0.1, torn down below
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = str(Path(PY).parent / "ray")
+    try:
+        subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--node-ip-address", "127.0.0.1",
+                        "--port", str(port),
+                        "--ray-client-server-port", str(client),
+                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                        "--temp-dir", temp_dir, "--disable-usage-stats"], env=env, check=True, capture_output=True,
+                       timeout=120)
+        out = tmp_path / "out"
+        r = subprocess.run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".",
+                            "--", "python", "-m", "data_prep.pretokenize",
+                            *_args(assets, assets / "syn" / "manifest.jsonl", out)],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "succeeded" in r.stdout + r.stderr
+        index = ShardIndex.load(str(out))
+        assert index.totals["samples"] == 16 and len({s.key for s in index.samples}) == 16
+    finally:
+        _kill_cluster(temp_dir, port)
+        shutil.rmtree(temp_dir, ignore_errors=True)
