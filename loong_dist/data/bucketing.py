@@ -60,6 +60,7 @@ class BucketedBatchSampler:
         self.refs = [r for r in refs if frames is None or r.latent_frames in frames]
         if not self.refs:
             raise ValueError(f"no samples with latent frames in {list(frames or [])}")
+        self.token_budget = token_budget
         self.buckets = plan_buckets(self.refs, token_budget)
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.epoch, self.position = 0, 0

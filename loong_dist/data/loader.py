@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from loong_dist.data.bucketing import BucketedBatchSampler, naive_batches, padding_share
+from loong_dist.data.bucketing import BucketedBatchSampler, naive_batches, padding_share, sequence_length
 from loong_dist.data.shards import Sample, SampleRef, ShardIndex, ShardReader
 from loong_dist.io.storage import Storage
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
@@ -82,14 +82,15 @@ class TokenLoader:
         self.sampler.load_state_dict(state)
 
     def padding_report(self, naive_batch_size: int | None = None) -> dict[str, float]:
-        """Padding share of one epoch of bucketed micro-batches against pad-to-longest random batches
-        of the same mean size (the naive baseline)."""
+        """Padding share of one epoch of bucketed micro-batches against the naive baseline: a plain
+        shuffle in batches of budget // mean sequence length, each padded to its longest."""
         plan = self.sampler.epoch_plan(self.sampler.epoch)
         refs = self.sampler.refs
         batches = [[refs[i] for i in chunk[self.sampler.dp_rank::self.sampler.dp_size]] for _, chunk in plan]
-        mean_size = naive_batch_size or max(1, round(np.mean([len(b) for b in batches])))
-        return {"bucketed": padding_share(batches), "naive": padding_share(naive_batches(refs, mean_size, self.sampler.seed)),
-                "naive_batch_size": mean_size}
+        mean_len = float(np.mean([sequence_length(r) for r in refs]))
+        size = naive_batch_size or max(2, int(self.sampler.token_budget // mean_len))
+        return {"bucketed": padding_share(batches), "naive": padding_share(naive_batches(refs, size, self.sampler.seed)),
+                "naive_batch_size": size}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -15,12 +15,22 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", "jobs.quickstart", *args], cwd=ROOT, capture_output=True, text=True)
 
 
+# The demo's chain at the smallest size that still exercises every step.
+SMALL = ["synthetic.n=12", "data.size=64", "optim.steps=2", "tokenizer_train.clips=4", "tokenizer_train.eval_clips=1",
+         "tokenizer.channels=8", "tokenizer.num_res_blocks=1", "tokenizer.decoder_res_blocks=1"]
+STEPS = {"samples", "synthetic", "text_tokenizer", "tokenizer", "shards", "lm", "tokenizer_eval"}
+
+
 def test_quickstart_runs_steps_and_skips_them_on_rerun(tmp_path, sample_videos):
     out = tmp_path / "demo"
-    first = run("--out", str(out), "synthetic.n=12")
-    assert first.returncode == 0, first.stderr[-2000:]
+    first = run("--out", str(out), *SMALL)
+    assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["steps"]) == {"samples", "synthetic", "text_tokenizer"}
+    assert set(summary["steps"]) == STEPS
+    index = json.loads((out / "shards" / "index.json").read_text())
+    assert index["totals"]["samples"] > 0 and index["meta"]["codebook_size"] == 64000
+    assert len((out / "lm" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((out / "tokenizer_eval" / "tokenizer_eval.json").read_text())["clips"] > 0
     assert len(read_manifest(str(out / "synthetic" / "manifest.jsonl"))[0]) == 12
     assert (out / "samples" / "held_out.jsonl").exists()
     tok = TextTokenizer.load(str(out / "text_tokenizer" / "text.model"))
@@ -28,13 +38,14 @@ def test_quickstart_runs_steps_and_skips_them_on_rerun(tmp_path, sample_videos):
     assert (out / "config.yaml").exists()
 
     model_bytes = (out / "text_tokenizer" / "text.model").read_bytes()
-    second = run("--out", str(out), "synthetic.n=12")
+    second = run("--out", str(out), *SMALL)
     assert second.returncode == 0
-    assert second.stderr.count("done before, skipped") == 3
+    assert second.stderr.count("done before, skipped") == len(STEPS)
     assert (out / "text_tokenizer" / "text.model").read_bytes() == model_bytes
 
-    forced = run("--out", str(out), "synthetic.n=12", "--force")
-    assert forced.returncode == 0 and "skipped" not in forced.stderr
+    (out / "lm" / ".done").unlink()  # as if the run had been killed during training
+    third = run("--out", str(out), *SMALL)
+    assert third.returncode == 0 and third.stderr.count("done before, skipped") == len(STEPS) - 1
 
 
 def test_quickstart_bad_override_is_one_line(tmp_path):
