@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import time
 
 import torch
@@ -105,12 +104,11 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=8192 + 512, help="text + video ids (padded to 128 by the layout)")
     args = p.parse_args()
 
+    from loong_dist.parallel.process_groups import destroy_parallel, free_port, init_parallel
+
     if "RANK" not in os.environ:  # one local rank
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
+                          LOCAL_RANK="0")
 
     groups = init_parallel(1)
     vocab = (args.vocab + 127) // 128 * 128

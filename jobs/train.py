@@ -10,13 +10,11 @@ with the same output folder resumes from its latest checkpoint.
 from __future__ import annotations
 
 import os
-import socket
-
-import torch.multiprocessing as mp
 
 from loong_dist.cli import job_parser, log, resolve_config, run_job, setup_process
 from loong_dist.config import Config, save_config
 from loong_dist.errors import ConfigError
+from loong_dist.parallel.process_groups import launch_local
 
 ALIASES = {"--shards": "train.shards", "--out": "run.out_dir", "--steps": "optim.steps"}
 
@@ -25,6 +23,7 @@ def run_rank(cfg: Config) -> None:
     from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
     from loong_dist.train.trainer import Trainer
 
+    setup_process()  # a spawned rank starts without the parent's logging
     backend = None if cfg.parallel.backend == "auto" else cfg.parallel.backend
     groups = init_parallel(cfg.parallel.tp, backend)
     try:
@@ -33,13 +32,6 @@ def run_rank(cfg: Config) -> None:
         trainer.fit()
     finally:
         destroy_parallel()
-
-
-def _spawned(rank: int, world: int, port: int, cfg: Config) -> None:
-    setup_process()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    run_rank(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,11 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.nproc % cfg.parallel.tp:
         raise ConfigError(f"config: parallel.tp={cfg.parallel.tp} does not divide --nproc {args.nproc}")
     save_config(cfg, os.path.join(cfg.run.out_dir, "config.yaml"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log.info("training with %d local rank(s) -> %s", args.nproc, cfg.run.out_dir)
-    mp.start_processes(_spawned, args=(args.nproc, port, cfg), nprocs=args.nproc, join=True, start_method="spawn")
+    launch_local(run_rank, args.nproc, cfg)
     return 0
 
 

@@ -11,13 +11,11 @@ Started again with the same folder it resumes where it stopped.
 from __future__ import annotations
 
 import os
-import socket
-
-import torch.multiprocessing as mp
 
 from loong_dist.cli import job_parser, log, resolve_config, run_job, setup_process
 from loong_dist.config import Config, save_config
 from loong_dist.errors import ConfigError
+from loong_dist.parallel.process_groups import launch_local
 
 ALIASES = {"--out": "run.out_dir", "--steps": "optim.steps", "--manifest": "tokenizer_train.manifests",
            "--eval-manifest": "tokenizer_train.eval_manifest"}
@@ -27,6 +25,7 @@ def run_rank(cfg: Config, max_seconds: float | None) -> None:
     from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
     from loong_dist.train.tokenizer_trainer import TokenizerTrainer
 
+    setup_process()  # a spawned rank starts without the parent's logging
     groups = init_parallel(1, None if cfg.parallel.backend == "auto" else cfg.parallel.backend)
     try:
         trainer = TokenizerTrainer(cfg, groups)
@@ -34,13 +33,6 @@ def run_rank(cfg: Config, max_seconds: float | None) -> None:
         trainer.fit(max_seconds=max_seconds)
     finally:
         destroy_parallel()
-
-
-def _spawned(rank: int, world: int, port: int, cfg: Config, max_seconds: float | None) -> None:
-    setup_process()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    run_rank(cfg, max_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,12 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if "RANK" in os.environ:
         run_rank(cfg, max_seconds)
         return 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log.info("tokenizer training on %d local rank(s) -> %s", args.nproc, cfg.run.out_dir)
-    mp.start_processes(_spawned, args=(args.nproc, port, cfg, max_seconds), nprocs=args.nproc, join=True,
-                       start_method="spawn")
+    launch_local(run_rank, args.nproc, cfg, max_seconds)
     return 0
 
 

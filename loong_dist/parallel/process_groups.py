@@ -8,6 +8,8 @@ a node, on NVLink), data-parallel groups stride across them. The groups are retu
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -64,3 +66,26 @@ def destroy_parallel() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a local rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_rank(rank: int, world: int, port: int, fn: Callable, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    fn(*args)
+
+
+def launch_local(fn: Callable, nprocs: int, *args) -> None:
+    """Run `fn(*args)` in `nprocs` fresh processes on this machine, each with the launcher variables
+    torchrun would set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); an exception in any rank
+    is raised here. `fn` must be importable (a module-level function)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_local_rank, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=True,
+                       start_method="spawn")

@@ -4,24 +4,15 @@ Tolerance: losses to 1e-6 relative, gradients to 1e-5 relative / 1e-7 absolute i
 only differences are the order of the sums that the row-parallel all-reduce splits in two.
 """
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from loong_dist.config import ModelConfig
 from loong_dist.models.ar.layout import IGNORE
 from loong_dist.models.ar.model import Transformer
+from loong_dist.parallel.process_groups import launch_local
 
 VOCAB = 384
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batch():
@@ -32,9 +23,7 @@ def _batch():
     return tokens, targets
 
 
-def _tp_worker(rank: int, world: int, port: int):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+def _tp_worker():
     from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
     from loong_dist.parallel.tensor_parallel import gather_full, load_sharded, megatron_spec
 
@@ -66,14 +55,12 @@ def _tp_worker(rank: int, world: int, port: int):
 
 
 def test_tp2_matches_tp1_loss_and_gradients():
-    mp.start_processes(_tp_worker, args=(2, _free_port()), nprocs=2, join=True, start_method="spawn")
+    launch_local(_tp_worker, 2)
 
 
-def _tp_engine_worker(rank: int, world: int, port: int):
+def _tp_engine_worker():
     """TP=2 inside DeepSpeed (parallel_state as mpu): its loss curve, clipping active, matches a
     single-device model trained by torch AdamW with the engine's learning rates."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
     from loong_dist.config import load_config
     from loong_dist.parallel.engine import build_engine, build_model, param_groups
     from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
@@ -117,4 +104,4 @@ def _tp_engine_worker(rank: int, world: int, port: int):
 
 
 def test_tp2_under_deepspeed_matches_single_device_training():
-    mp.start_processes(_tp_engine_worker, args=(2, _free_port()), nprocs=2, join=True, start_method="spawn")
+    launch_local(_tp_engine_worker, 2)

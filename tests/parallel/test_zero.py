@@ -5,22 +5,13 @@ Tolerance: losses to 1e-5 relative over 6 steps in float32 (the DP gradient aver
 sharded clip norm sum in a different order than one process does).
 """
 
-import os
-import socket
-
 import torch
-import torch.multiprocessing as mp
 
 from loong_dist.config import load_config
+from loong_dist.parallel.process_groups import launch_local
 
 VOCAB = 384
 STEPS = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batches():
@@ -59,9 +50,7 @@ def _reference_losses(cfg, lrs):
     return losses
 
 
-def _zero_worker(rank: int, world: int, port: int, ckpt_dir: str):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
+def _zero_worker(ckpt_dir: str):
     import torch.distributed as dist
 
     from loong_dist.parallel.engine import build_engine, build_model
@@ -82,7 +71,7 @@ def _zero_worker(rank: int, world: int, port: int, ckpt_dir: str):
                 engine.step()
                 mean = loss.detach().clone()
                 dist.all_reduce(mean)
-                losses.append(mean.item() / world)
+                losses.append(mean.item() / groups.dp_size)
             reference = _reference_losses(cfg, lrs)
             assert len(set(lrs)) > 1, "the schedule should move the learning rate"
             assert reference[-1] < reference[0] - 0.5, "the model should be learning"
@@ -118,5 +107,4 @@ def _check_resume(engine, cfg, groups, ckpt_dir):
 
 
 def test_zero_stages_match_one_process_and_resume_exactly(tmp_path):
-    mp.start_processes(_zero_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method="spawn")
+    launch_local(_zero_worker, 2, str(tmp_path))

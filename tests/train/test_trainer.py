@@ -1,20 +1,12 @@
 """The training loop on two gloo processes (DP=2, ZeRO-1): loss goes down on a small corpus, and a
 run stopped after a checkpoint and started again gives bit-identical losses to an uninterrupted one."""
 
-import os
-import socket
-
-import torch.multiprocessing as mp
+import torch.multiprocessing
 
 from loong_dist.config import load_config
 from loong_dist.io.storage import Storage
+from loong_dist.parallel.process_groups import launch_local
 from tests.data.test_shards_and_loader import make_samples, write_shards
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cfg(shards, out, steps):
@@ -25,9 +17,9 @@ def _cfg(shards, out, steps):
                               "train.loader_workers=2", "run.log_every=100"])
 
 
-def _worker(rank, world, port, shards, tmp, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+def _worker(shards, tmp, results):
+    import torch.distributed as dist
+
     from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
     from loong_dist.train.trainer import Trainer
 
@@ -39,7 +31,7 @@ def _worker(rank, world, port, shards, tmp, results):
         second = Trainer(_cfg(shards, f"{tmp}/b", 8), groups)
         assert second.resume() and second.step == 3
         resumed = [s.loss for s in second.fit()]
-        if rank == 0:
+        if dist.get_rank() == 0:
             results.put((straight, resumed))
     finally:
         destroy_parallel()
@@ -48,10 +40,9 @@ def _worker(rank, world, port, shards, tmp, results):
 def test_trainer_learns_and_resumes_exactly(tmp_path):
     shards = str(tmp_path / "shards")
     write_shards(Storage(), shards, make_samples(48))
-    ctx = mp.get_context("spawn")
+    ctx = torch.multiprocessing.get_context("spawn")
     results = ctx.SimpleQueue()
-    mp.start_processes(_worker, args=(2, _free_port(), shards, str(tmp_path), results), nprocs=2, join=True,
-                       start_method="spawn")
+    launch_local(_worker, 2, shards, str(tmp_path), results)
     straight, resumed = results.get()
     assert len(straight) == 8 and resumed == straight[3:]  # bit-identical after the restart
     assert straight[-1] < straight[0] - 0.3  # it learns (random ids: from ~ln(vocab) downwards)
