@@ -111,7 +111,7 @@ class TokenizerTrainer:
             loss = tt.l1_weight * l1 + tt.l2_weight * l2 + tt.fsq_bound_weight * aux["fsq_bound"]
             self.engine.backward(loss)
             self.engine.step()
-            losses = {"loss": float(loss), "l1": float(l1), "l2": float(l2), "fsq_bound": float(aux["fsq_bound"])}
+            losses = {"loss": loss.item(), "l1": l1.item(), "l2": l2.item(), "fsq_bound": aux["fsq_bound"].item()}
         self.step += 1
         return losses
 
