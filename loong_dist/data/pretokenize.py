@@ -145,7 +145,7 @@ def plan_shards(entries: list[ManifestEntry], bad_lines: list[BadLine], cfg: Con
 
     def close():
         keys = [c.key for w in current for c in w.clips]
-        fp = hashlib.sha1(json.dumps([keys, fingerprint_extra]).encode()).hexdigest()
+        fp = hashlib.sha1(json.dumps([keys, fingerprint_extra, cfg.text.max_text_tokens]).encode()).hexdigest()
         shards.append(ShardPlan(f"shard-{len(shards):06d}.tar", tuple(current), fp))
 
     for e in entries:
@@ -164,7 +164,8 @@ def plan_shards(entries: list[ManifestEntry], bad_lines: list[BadLine], cfg: Con
             kept.append(c)
         if not kept:
             continue
-        text = tuple(text_encode(e.caption))
+        # BOS + at most text.max_text_tokens - 1 pieces: the room the sequence layout reserves.
+        text = tuple(text_encode(e.caption))[:cfg.text.max_text_tokens]
         current.append(WindowPlan(e.line, e.video, e.caption, text, tuple(kept), dict(e.extra)))
         current_bytes += sum(math.prod(c.latent_shape) * itemsize + 4 * len(text) + len(e.caption.encode())
                              + _SAMPLE_OVERHEAD for c in kept)

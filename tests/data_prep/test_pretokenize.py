@@ -138,6 +138,15 @@ def test_plan_is_deterministic_and_packs_by_size(assets):
     keys = [c.key for s in a for w in s.windows for c in w.clips]
     assert len(keys) == len(set(keys)) == 16 and len(a) > 1
     assert [r["reason"].split(" (")[0] for r in rej] == ["duplicate clip"] * 2
+    def plan_with(*overrides):
+        c = load_config(None, ["data.frames=[1,17]", "data.fps=8", "data.size=32", *overrides])
+        return plan_shards(entries, bad, c, lambda c: [1, 2, 3], lambda t: tok.latent_shape(t, 32, 32),
+                           tok.codebook_size, "x")[0]
+
+    full, short = plan_with(), plan_with("text.max_text_tokens=2")
+    assert {w.text for s in full for w in s.windows} == {(1, 2, 3)}
+    assert {w.text for s in short for w in s.windows} == {(1, 2)}  # captions cut to text.max_text_tokens
+    assert [s.fingerprint for s in short] != [s.fingerprint for s in full]  # old shards are redone
 
 
 def test_s3_in_and_out_with_killed_workers(assets, tmp_path, s3_bucket, s3_storage, monkeypatch):
