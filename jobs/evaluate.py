@@ -28,7 +28,7 @@ def evaluate_tokenizer(argv: list[str]) -> int:
     import numpy as np
 
     from loong_dist.models.tokenizer import load_tokenizer
-    from loong_dist.train.tokenizer_trainer import evaluate_clips
+    from loong_dist.evaluation.tokenizer_quality import evaluate_clips
 
     parser = job_parser("python -m jobs.evaluate tokenizer", "Tokenizer PSNR/SSIM and codebook use.", ALIASES,
                         sections=("tokenizer", "data", "run"))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from loong_dist.data.bucketing import BucketedBatchSampler, naive_batches, padding_share, sequence_length
-from loong_dist.data.shards import Sample, SampleRef, ShardIndex, ShardReader
+from loong_dist.data.shards import Sample, ShardIndex, ShardReader
 from loong_dist.io.storage import Storage
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
 
@@ -96,4 +96,4 @@ class TokenLoader:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["TokenLoader", "collate", "SampleRef"]
+__all__ = ["TokenLoader", "collate"]

@@ -114,10 +114,6 @@ class ShardWriter:
         self.samples.append({"key": sample.key, "latent_frames": f, "video_tokens": int(video.size),
                              "text_tokens": int(len(sample.text)), "ranges": ranges})
 
-    @property
-    def bytes_written(self) -> int:
-        return self._tmp.tell()
-
     def close(self) -> dict[str, Any]:
         """Finish the tar and publish it under its final name; returns its index entry."""
         self._tar.close()

@@ -12,7 +12,6 @@ Every failure to read raises `VideoError` naming the file.
 from __future__ import annotations
 
 import io
-import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -229,7 +228,3 @@ def frame_strip(frames: np.ndarray, n: int = 8) -> np.ndarray:
     frames = _check_frames(frames, "frame strip")
     idx = np.linspace(0, len(frames) - 1, num=min(n, len(frames))).round().astype(int)
     return np.concatenate(list(frames[idx]), axis=1)
-
-
-def seconds_to_frames(seconds: float, fps: float) -> int:
-    return int(math.floor(seconds * fps + 1e-6))

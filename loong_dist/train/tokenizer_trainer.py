@@ -26,35 +26,14 @@ import torch.nn.functional as F
 from loong_dist.config import Config
 from loong_dist.data.clip_bank import build_clip_bank, load_or_build
 from loong_dist.data.manifest import read_manifest
-from loong_dist.evaluation.video_metrics import bilinear_reference, psnr, ssim
+from loong_dist.evaluation.tokenizer_quality import evaluate_clips
 from loong_dist.io.storage import Storage
 from loong_dist.io.video import write_gif
 from loong_dist.models.tokenizer import VideoTokenizer, save_tokenizer
-from loong_dist.models.tokenizer.quantizer import code_usage
 from loong_dist.parallel.engine import build_engine, use_bf16
 from loong_dist.parallel.process_groups import ParallelGroups
 
 log = logging.getLogger(__name__)
-
-
-def evaluate_clips(model: VideoTokenizer, clips: np.ndarray, batch: int = 4) -> dict:
-    """Encode/decode uint8 clips (N, T, H, W, 3): per-clip PSNR/SSIM, the bilinear reference, code use."""
-    was_training = model.training
-    model.eval()
-    recons, ids = [], []
-    for i in range(0, len(clips), batch):
-        x = torch.from_numpy(np.ascontiguousarray(clips[i:i + batch]))
-        code = model.encode(x)
-        ids.append(code)
-        recons.append(model.decode(code).cpu().numpy())
-    model.train(was_training)
-    recon = np.concatenate(recons)
-    per_clip = [{"psnr": psnr(c, r), "ssim": ssim(c, r), "ref_psnr": psnr(c, bilinear_reference(c))}
-                for c, r in zip(clips, recon)]
-    usage = code_usage(torch.cat(ids), model.codebook_size)
-    return {"psnr": float(np.mean([p["psnr"] for p in per_clip])), "ssim": float(np.mean([p["ssim"] for p in per_clip])),
-            "ref_psnr": float(np.mean([p["ref_psnr"] for p in per_clip])), **usage, "per_clip": per_clip,
-            "recon": recon}
 
 
 class TokenizerTrainer:
