@@ -8,7 +8,13 @@ its cross-entropy) come in through a `LayerSpec`. `LOCAL_SPEC` builds plain torc
 number of heads on this rank from the projection's output width, so it never asks about ranks.
 
 Notation: b batch, s sequence, h hidden (dim), n heads (on this rank), k key/value heads (on
-this rank), d head width, v vocabulary (on this rank), f SwiGLU width (on this rank).
+this rank), d head width, v vocabulary (on this rank), f SwiGLU width (on this rank); c cache
+capacity (positions), L positions held in the cache after a step.
+
+Incremental decoding: `forward(tokens, cache=KVCache(...))` appends the keys and values of
+`tokens` to the cache and attends over everything cached; positions continue from `cache.pos`.
+The cache holds this rank's heads only, sized from the projections' output, so the same code runs
+under tensor parallelism. Without a cache, the training path is the plain causal forward.
 """
 
 from __future__ import annotations
@@ -93,6 +99,56 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
 
 
+class KVCache:
+    """Keys and values of every position seen so far, one (b, k, c, d) pair per block.
+
+    Buffers are allocated at the first write, with the head count and dtype of the keys (so a
+    tensor-parallel rank holds its own heads). `valid` (b, c), optional, marks key positions
+    that may be attended to: rows of different prompt lengths are left-padded, and their pad
+    positions are masked out as keys. Rotary positions are relative, so a left-padded row gives
+    the same logits as the row alone.
+    """
+
+    def __init__(self, n_layers: int, capacity: int, valid: Tensor | None = None):
+        self.capacity = capacity
+        self.pos = 0
+        """Positions written so far (all rows advance together)."""
+        self.keys: list[Tensor | None] = [None] * n_layers
+        self.values: list[Tensor | None] = [None] * n_layers
+        self.valid = valid
+        if valid is not None and valid.shape[1] < capacity:  # positions beyond the prompt are real tokens
+            self.valid = torch.cat([valid, valid.new_ones(valid.shape[0], capacity - valid.shape[1])], dim=1)
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (b, k, s, d) at positions pos..pos+s; return all cached (b, k, pos+s, d)."""
+        b, nk, s, d = k.shape
+        if self.pos + s > self.capacity:
+            raise ValueError(f"KV cache of {self.capacity} positions is full ({self.pos} + {s} asked)")
+        if self.keys[layer] is None:
+            self.keys[layer] = k.new_empty(b, nk, self.capacity, d)
+            self.values[layer] = v.new_empty(b, nk, self.capacity, d)
+        self.keys[layer][:, :, self.pos:self.pos + s] = k
+        self.values[layer][:, :, self.pos:self.pos + s] = v
+        return self.keys[layer][:, :, :self.pos + s], self.values[layer][:, :, :self.pos + s]
+
+    def mask(self, s: int, device: torch.device) -> Tensor | None:
+        """Boolean attention mask (b or 1, 1, s, L) for s new queries, True where attended; None
+        when plain (one new query, no padding: it sees every cached key)."""
+        end = self.pos + s
+        if s == 1 and self.valid is None:
+            return None
+        q_pos = torch.arange(self.pos, end, device=device)[:, None]  # (s, 1)
+        k_pos = torch.arange(end, device=device)[None, :]            # (1, L)
+        allowed = (k_pos <= q_pos)[None, None]                       # (1, 1, s, L) causal
+        if self.valid is not None:
+            # a pad query would see no key at all (NaN); let it see itself - nothing reads it
+            allowed = (allowed & self.valid[:, None, None, :end].to(device)) | (k_pos == q_pos)[None, None]
+        return allowed
+
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, spec: LayerSpec):
         super().__init__()
@@ -103,14 +159,20 @@ class Attention(nn.Module):
         self.wv = spec.column_linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, init)
         self.wo = spec.row_linear(cfg.n_heads * cfg.head_dim, cfg.dim, out_init)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
         b, s, _ = x.shape
         q = self.wq(x).view(b, s, -1, self.head_dim)  # (b, s, n, d)
         k = self.wk(x).view(b, s, -1, self.head_dim)  # (b, s, k, d)
         v = self.wv(x).view(b, s, -1, self.head_dim)  # (b, s, k, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (b, n|k, s, d)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+        gqa = q.shape[1] != k.shape[1]
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            mask = cache.mask(s, x.device)
+            k, v = cache.write(layer, k, v)  # (b, k, L, d)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(b, s, -1)  # (b, s, n*d)
         return self.wo(y)
 
@@ -135,13 +197,14 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = SwiGLU(cfg, spec)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache, layer)
         return x + self.ffn(self.ffn_norm(x))
 
 
 class Transformer(nn.Module):
-    """tokens (b, s) -> logits (b, s, v), or per-token loss (b, s) when targets are given."""
+    """tokens (b, s) -> logits (b, s, v), or per-token loss (b, s) when targets are given.
+    With `cache`, tokens continue the cached positions and their keys/values are appended."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, spec: LayerSpec = LOCAL_SPEC):
         super().__init__()
@@ -158,17 +221,29 @@ class Transformer(nn.Module):
         self.checkpoint_activations = False
         """Recompute each block in the backward pass instead of keeping its activations."""
 
-    def forward(self, tokens: Tensor, targets: Tensor | None = None) -> Tensor:
+    def new_cache(self, capacity: int, valid: Tensor | None = None) -> KVCache:
+        """An empty KV cache for up to `capacity` positions; `valid` (b, prompt length) masks
+        left padding (see KVCache)."""
+        if capacity > self.cfg.max_seq_len:
+            raise ValueError(f"cache of {capacity} positions exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        return KVCache(len(self.blocks), capacity, valid)
+
+    def forward(self, tokens: Tensor, targets: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         b, s = tokens.shape
-        if s > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {s} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
-        cos, sin = self.rope_cos[:s], self.rope_sin[:s]
+        start = cache.pos if cache is not None else 0
+        if start + s > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + s} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[start:start + s], self.rope_sin[start:start + s]
         x = self.embed(tokens)  # (b, s, h)
-        for block in self.blocks:
-            if self.checkpoint_activations and self.training:
+        for i, block in enumerate(self.blocks):
+            if cache is not None:
+                x = block(x, cos, sin, cache, i)
+            elif self.checkpoint_activations and self.training:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin)
+        if cache is not None:
+            cache.pos += s
         logits = self.lm_head(self.norm(x))  # (b, s, v)
         if targets is None:
             return logits
