@@ -204,7 +204,8 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     """tokens (b, s) -> logits (b, s, v), or per-token loss (b, s) when targets are given.
-    With `cache`, tokens continue the cached positions and their keys/values are appended."""
+    With `cache`, tokens continue the cached positions and their keys/values are appended;
+    `last_only`: logits (b, 1, v) of the last position alone."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, spec: LayerSpec = LOCAL_SPEC):
         super().__init__()
@@ -228,7 +229,8 @@ class Transformer(nn.Module):
             raise ValueError(f"cache of {capacity} positions exceeds model.max_seq_len={self.cfg.max_seq_len}")
         return KVCache(len(self.blocks), capacity, valid)
 
-    def forward(self, tokens: Tensor, targets: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, targets: Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False) -> Tensor:
         b, s = tokens.shape
         start = cache.pos if cache is not None else 0
         if start + s > self.cfg.max_seq_len:
@@ -244,6 +246,8 @@ class Transformer(nn.Module):
                 x = block(x, cos, sin)
         if cache is not None:
             cache.pos += s
+        if last_only:  # a prompt's prefill needs the next-token logits of its last position only
+            x = x[:, -1:]  # (b, 1, h)
         logits = self.lm_head(self.norm(x))  # (b, s, v)
         if targets is None:
             return logits

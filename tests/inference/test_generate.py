@@ -1,0 +1,110 @@
+"""Long-video generation against a naive reference: the same Loong loop written out with full
+recompute (no KV cache, no padding, one row per forward), re-encoding done by hand."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from loong_dist.config import GenerateConfig, ModelConfig, TokenizerConfig
+from loong_dist.inference.generate import GenerationError, VideoGenerator, check_prompt, pixel_frames
+from loong_dist.inference.sampling import sample, split_guided
+from loong_dist.models.ar.checkpoint import load_model, save_model
+from loong_dist.models.ar.layout import VocabLayout
+from loong_dist.models.tokenizer import VideoTokenizer
+
+SIZE, FPS = 16, 8.0  # 16 px -> 2x2 latent frames: 4 tokens per latent frame
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    torch.manual_seed(0)
+    tok = VideoTokenizer(TokenizerConfig(channels=8, num_res_blocks=0, decoder_res_blocks=0, fsq_levels=[5, 5, 5])).eval()
+    layout = VocabLayout(text_vocab_size=300, codebook_size=tok.codebook_size)
+    cfg = ModelConfig(size="tiny", max_seq_len=128)
+    from loong_dist.models.ar.model import Transformer
+    path = save_model(Transformer(cfg, layout.padded_vocab_size).state_dict(), cfg, layout,
+                      tmp_path_factory.mktemp("m") / "model.safetensors")
+    model, layout = load_model(path)  # through the file, as jobs.generate does
+    return model, layout, tok
+
+
+def reference(model, layout, tok, cfg: GenerateConfig, texts, seconds, seed):
+    """The algorithm of the module docstring, written plainly."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = layout.video_offset, layout.vocab_size
+    n = (SIZE // 8) ** 2
+    total = round(seconds * FPS)
+
+    def sample_window(tails, frames):  # tails: per prompt a list of video token ids
+        conds = [list(t) + [layout.bov_id] + tl for t, tl in zip(texts, tails)]
+        unconds = [[layout.bos_id, layout.bov_id] + tl for tl in tails]
+        new = [[] for _ in texts]
+        for _ in range(frames * n):
+            seqs = conds + (unconds if cfg.cfg_scale != 1 else [])
+            seqs = [s + new[i % len(texts)] for i, s in enumerate(seqs)]
+            logits = torch.cat([model(torch.tensor([s]))[:, -1] for s in seqs])  # one row at a time
+            if cfg.cfg_scale != 1:
+                logits = split_guided(logits, cfg.cfg_scale)
+            code = sample(logits[:, lo:hi], cfg.temperature, cfg.top_k, cfg.top_p, g)
+            for i, c in enumerate(code.tolist()):
+                new[i].append(c + lo)
+        return torch.tensor(new).view(len(texts), frames, SIZE // 8, SIZE // 8) - lo
+
+    with torch.no_grad():
+        w, o = cfg.window_latent_frames, cfg.overlap_latent_frames
+        codes = sample_window([[] for _ in texts], min(w, 1 + math.ceil((total - 1) / 4)))
+        video = tok.decode(codes, bf16=cfg.tokenizer_bf16).numpy()
+        while video.shape[1] < total:
+            if cfg.reencode:
+                tail = tok.encode(video[:, -(1 + 4 * (o - 1)):], bf16=cfg.tokenizer_bf16)
+            else:
+                tail = codes[:, -o:]
+            new = min(w - o, math.ceil((total - video.shape[1]) / 4))
+            fresh = sample_window([(t.flatten() + lo).tolist() for t in tail], new)
+            codes = torch.cat([tail, fresh], dim=1)
+            video = np.concatenate([video, tok.decode(codes, bf16=cfg.tokenizer_bf16).numpy()[:, -4 * new:]], axis=1)
+    return video[:, :total]
+
+
+@pytest.mark.parametrize("reencode,cfg_scale", [(True, 3.0), (False, 1.0)])
+def test_matches_naive_reference(parts, reencode, cfg_scale):
+    model, layout, tok = parts
+    cfg = GenerateConfig(window_latent_frames=3, overlap_latent_frames=2, reencode=reencode, cfg_scale=cfg_scale,
+                         top_k=20, temperature=1.0, tokenizer_bf16=False)
+    texts = [[2, 17, 40, 99], [2, 250, 8, 31, 5, 77, 12]]  # different lengths: left padding in one batch
+    seconds = 26 / FPS  # first window 3 latent = 9 frames, then 5 extensions of 1 latent = 4 frames (last cut to 1)
+    gen = VideoGenerator(model, layout, tok, cfg, fps=FPS, size=SIZE)
+    seen = []
+    result = gen.generate(texts, seconds, seed=5, progress=seen.append)
+    expected = reference(model, layout, tok, cfg, texts, seconds, seed=5)
+    assert result.frames.shape == (2, 26, SIZE, SIZE, 3) and result.frames.dtype == np.uint8
+    np.testing.assert_array_equal(result.frames, expected)
+    assert result.windows == 6 and seen[-1] == pytest.approx(26 / FPS) and seen == sorted(seen)
+
+
+def test_context_and_cache_stay_flat(parts):
+    model, layout, tok = parts
+    cfg = GenerateConfig(window_latent_frames=3, overlap_latent_frames=1, tokenizer_bf16=False)
+    gen = VideoGenerator(model, layout, tok, cfg, fps=FPS, size=SIZE)
+    short = gen.generate([[2, 5, 6]], 2.0, seed=0)
+    long = gen.generate([[2, 5, 6]], 6.0, seed=0)
+    assert long.frames.shape[1] == 48 and short.frames.shape[1] == 16
+    assert long.timings["kv_cache_mb_max"] == short.timings["kv_cache_mb_max"]
+    # tokens per window after the first: (3 - 1) latent frames of 4 tokens
+    assert long.timings["tokens"] - short.timings["tokens"] == (long.windows - short.windows) * 2 * 4
+
+
+def test_pixel_frames_and_prompt_checks(parts):
+    assert [pixel_frames(f) for f in (0, 1, 2, 5, 17)] == [0, 1, 5, 17, 65]
+    check_prompt([2, 9, 9], 3)
+    with pytest.raises(GenerationError, match="empty"):
+        check_prompt([2], 64)
+    with pytest.raises(GenerationError, match="longer than the text context text.max_text_tokens=3"):
+        check_prompt([2, 9, 9, 9], 3)
+    model, layout, tok = parts
+    gen = VideoGenerator(model, layout, tok, GenerateConfig(window_latent_frames=40, overlap_latent_frames=2),
+                         fps=FPS, size=SIZE)
+    with pytest.raises(GenerationError, match="max_seq_len=128"):
+        gen.generate([[2, 5]], 1.0, seed=0)
