@@ -102,6 +102,7 @@ COMMANDS = {
     "synthetic": "data_prep.synthetic",
     "text-tokenizer": "data_prep.text_tokenizer",
     "train": "jobs.train",
+    "generate": "jobs.generate",
     "quickstart": "jobs.quickstart",
 }
 

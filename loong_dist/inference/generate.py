@@ -55,10 +55,10 @@ def pixel_frames(latent_frames: int) -> int:
     return 0 if latent_frames == 0 else 1 + 4 * (latent_frames - 1)
 
 
-def check_prompt(text_ids: list[int], max_text_tokens: int, what: str = "prompt") -> None:
-    """Raise GenerationError for an empty prompt or one longer than the text context. text_ids
-    start with <s> (counted in max_text_tokens, as pretokenize counts it)."""
-    if len(text_ids) <= 1:
+def check_prompt(text: str, text_ids: list[int], max_text_tokens: int, what: str = "prompt") -> None:
+    """Raise GenerationError for an empty (or blank) prompt or one longer than the text context.
+    text_ids start with <s> (counted in max_text_tokens, as pretokenize counts it)."""
+    if not text.strip() or len(text_ids) <= 1:
         raise GenerationError(f"{what} is empty")
     if len(text_ids) > max_text_tokens:
         raise GenerationError(f"{what} is {len(text_ids)} text tokens (<s> included), longer than the text context "

@@ -98,11 +98,12 @@ def test_context_and_cache_stay_flat(parts):
 
 def test_pixel_frames_and_prompt_checks(parts):
     assert [pixel_frames(f) for f in (0, 1, 2, 5, 17)] == [0, 1, 5, 17, 65]
-    check_prompt([2, 9, 9], 3)
-    with pytest.raises(GenerationError, match="empty"):
-        check_prompt([2], 64)
+    check_prompt("a b", [2, 9, 9], 3)
+    for text, ids in (("", [2]), (" \t", [2, 7])):
+        with pytest.raises(GenerationError, match="empty"):
+            check_prompt(text, ids, 64)
     with pytest.raises(GenerationError, match="longer than the text context text.max_text_tokens=3"):
-        check_prompt([2, 9, 9, 9], 3)
+        check_prompt("a b c", [2, 9, 9, 9], 3)
     model, layout, tok = parts
     gen = VideoGenerator(model, layout, tok, GenerateConfig(window_latent_frames=40, overlap_latent_frames=2),
                          fps=FPS, size=SIZE)

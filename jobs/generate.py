@@ -1,0 +1,131 @@
+"""Generate (minute-long) videos from text with a trained transformer and video tokenizer.
+
+    python -m jobs.generate --checkpoint run/model.safetensors --tokenizer tok.safetensors \\
+        --text-tokenizer text.model --prompt "a large red circle moving left quickly on a black background" \\
+        --seconds 60 --out video.mp4 [--seed 0] [generate.top_k=100 generate.reencode=false ...]
+
+`--prompts-file F` takes one prompt per line instead (plain text, or JSON Lines with a "prompt" or
+"caption" key - a synthetic manifest works; its "attributes" are kept for jobs.evaluate
+generation). Prompts are generated `generate.batch_size` at a time. For one prompt, --out X.mp4
+receives X.mp4, X.gif, X.png (a strip of frames) and X.json (settings, timings); for several,
+X_000.mp4, X_001.mp4, ... and the one X.json listing them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from loong_dist.cli import job_parser, log, resolve_config, run_job
+from loong_dist.errors import ConfigError, UserError
+
+ALIASES = {"--tokenizer": "tokenizer.path", "--text-tokenizer": "text.path", "--seconds": "generate.seconds",
+           "--seed": "run.seed"}
+
+
+def read_prompts(path: str) -> list[dict]:
+    """Prompts file -> [{"prompt": str, "attributes": dict | None}], one per non-empty line."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: prompts file not found")
+    prompts = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                row = json.loads(line)
+                text = row.get("prompt", row.get("caption"))
+            except (ValueError, AttributeError):
+                raise UserError(f"{path}:{n}: not a JSON object") from None
+            if not isinstance(text, str):
+                raise UserError(f"{path}:{n}: JSON line without a \"prompt\" or \"caption\" string")
+            prompts.append({"prompt": text, "attributes": row.get("attributes")})
+        else:
+            prompts.append({"prompt": line.strip(), "attributes": None})
+    if not prompts:
+        raise UserError(f"{path}: no prompts in the file")
+    return prompts
+
+
+def output_paths(out: str, index: int, count: int) -> dict[str, str]:
+    stem = out[:-4] if out.endswith(".mp4") else out
+    if count > 1:
+        stem = f"{stem}_{index:03d}"
+    return {ext: f"{stem}.{ext}" for ext in ("mp4", "gif", "png")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    from PIL import Image
+
+    from loong_dist.data.text_tokenizer import TextTokenizer
+    from loong_dist.inference.generate import VideoGenerator, check_prompt
+    from loong_dist.io.video import frame_strip, write_gif, write_mp4
+    from loong_dist.models.ar.checkpoint import check_vocab, load_model
+    from loong_dist.models.tokenizer import load_tokenizer
+
+    parser = job_parser("python -m jobs.generate", __doc__.splitlines()[0], ALIASES,
+                        sections=("generate", "data", "text", "run"))
+    parser.add_argument("--checkpoint", required=True, help="transformer file (model.safetensors, from jobs.train)")
+    parser.add_argument("--prompt", default=None, help="the text of one video")
+    parser.add_argument("--prompts-file", default=None, help="one prompt per line (text or JSON Lines)")
+    parser.add_argument("--out", default="video.mp4", help="output video path (see above)")
+    args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
+    cfg = resolve_config(args, ALIASES)
+    gen_cfg = cfg.generate
+    if (args.prompt is None) == (args.prompts_file is None):
+        raise ConfigError("pass exactly one of --prompt TEXT or --prompts-file F")
+    for key, flag in (("tokenizer.path", "--tokenizer"), ("text.path", "--text-tokenizer")):
+        if not (cfg.tokenizer.path if key == "tokenizer.path" else cfg.text.path):
+            raise ConfigError(f"config: {key} is empty: pass {flag}")
+    prompts = [{"prompt": args.prompt, "attributes": None}] if args.prompt is not None else read_prompts(args.prompts_file)
+
+    device = gen_cfg.device if gen_cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if gen_cfg.precision == "bf16" else torch.float32
+    text_tok = TextTokenizer.load(cfg.text.path)
+    video_tok = load_tokenizer(cfg.tokenizer.path, device=device)
+    model, layout = load_model(args.checkpoint, device=device, dtype=dtype)
+    check_vocab(layout, video_tok.codebook_size, text_tok.vocab_size, args.checkpoint)
+    if (text_tok.bos_id, text_tok.bov_id) != (layout.bos_id, layout.bov_id):
+        raise UserError(f"{args.checkpoint}: <s>/<bov> ids {layout.bos_id}/{layout.bov_id} of the model differ from "
+                        f"the text tokenizer's {text_tok.bos_id}/{text_tok.bov_id}")
+    texts = []
+    for i, p in enumerate(prompts):
+        texts.append(text_tok.encode(p["prompt"], add_bos=True))
+        check_prompt(p["prompt"], texts[-1], cfg.text.max_text_tokens, f"prompt {i + 1}" if len(prompts) > 1 else "prompt")
+    generator = VideoGenerator(model, layout, video_tok, gen_cfg, fps=cfg.data.fps, size=cfg.data.size)
+    generator.check_context(max(len(t) for t in texts))
+
+    videos, t0 = [], time.perf_counter()
+    for start in range(0, len(prompts), gen_cfg.batch_size):
+        batch = list(range(start, min(start + gen_cfg.batch_size, len(prompts))))
+        name = f"prompt {batch[0] + 1}" + (f"-{batch[-1] + 1}" if len(batch) > 1 else "")
+        result = generator.generate([texts[i] for i in batch], gen_cfg.seconds, cfg.run.seed + start,
+                                    progress=lambda s: log.info("%s: %.1f / %.1f s of video generated (%.0f s)",
+                                                                name, s, gen_cfg.seconds, time.perf_counter() - t0))
+        for row, i in enumerate(batch):
+            frames, paths = result.frames[row], output_paths(args.out, i, len(prompts))
+            write_mp4(paths["mp4"], frames, fps=cfg.data.fps)
+            write_gif(paths["gif"], frames, fps=cfg.data.fps)
+            Image.fromarray(frame_strip(frames, gen_cfg.strip_frames)).save(paths["png"])
+            videos.append({**prompts[i], **paths, "frames": int(frames.shape[0]), "seconds": frames.shape[0] / cfg.data.fps,
+                           "seed": cfg.run.seed + start, "row": row,
+                           "timings": {k: round(float(v), 4) for k, v in result.timings.items()}})
+        log.info("%s: %d frames in %.1f s (%.0f tokens/s, %d windows) -> %s", name, result.frames.shape[1],
+                 result.timings["total_s"], result.timings["tokens_per_s"], result.windows,
+                 ", ".join(output_paths(args.out, i, len(prompts))["mp4"] for i in batch))
+    report = {"checkpoint": args.checkpoint, "tokenizer": cfg.tokenizer.path, "text_tokenizer": cfg.text.path,
+              "device": device, "fps": cfg.data.fps, "size": cfg.data.size, "seed": cfg.run.seed,
+              "max_text_tokens": cfg.text.max_text_tokens, "generate": dataclasses.asdict(gen_cfg),
+              "wall_s": round(time.perf_counter() - t0, 3), "videos": videos}
+    json_path = (args.out[:-4] if args.out.endswith(".mp4") else args.out) + ".json"
+    Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+    log.info("%d video(s), %.1f s each, in %.1f s -> %s", len(videos), gen_cfg.seconds, report["wall_s"], json_path)
+    return 0
+
+
+if __name__ == "__main__":
+    run_job(main)

@@ -1,0 +1,105 @@
+"""jobs.generate end to end with tiny untrained models, and its one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from loong_dist.config import ModelConfig, TokenizerConfig
+from loong_dist.data.text_tokenizer import TextTokenizer, train_text_tokenizer
+from loong_dist.errors import UserError
+from loong_dist.io.video import probe_video, read_clip
+from loong_dist.models.ar.checkpoint import ModelFileError, save_model
+from loong_dist.models.ar.layout import VocabLayout
+from loong_dist.models.ar.model import Transformer
+from loong_dist.models.tokenizer import VideoTokenizer, save_tokenizer
+from jobs.generate import main
+
+ROOT = Path(__file__).resolve().parents[2]
+CAPTIONS = [f"a {s} {c} {sh} moving {d} on a {b} background"
+            for s in ["small", "large"] for c in ["red", "green", "blue"] for sh in ["circle", "square"]
+            for d in ["left", "right"] for b in ["black", "white"]]
+SMALL = ["data.size=32", "data.fps=8", "generate.window_latent_frames=3", "generate.overlap_latent_frames=1",
+         "generate.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gen")
+    text = TextTokenizer(train_text_tokenizer(CAPTIONS * 4, vocab_size=400))
+    text.save(str(d / "text.model"))
+    torch.manual_seed(0)
+    tok = VideoTokenizer(TokenizerConfig(channels=8, num_res_blocks=0, decoder_res_blocks=0, fsq_levels=[5, 5, 5]))
+    save_tokenizer(tok, d / "tok.safetensors")
+    cfg = ModelConfig(size="tiny", max_seq_len=128)
+    for name, codebook in (("model", tok.codebook_size), ("wrong_codebook", 64)):
+        layout = VocabLayout(text_vocab_size=text.vocab_size, codebook_size=codebook)
+        save_model(Transformer(cfg, layout.padded_vocab_size).state_dict(), cfg, layout, d / f"{name}.safetensors")
+    return d
+
+
+def args(d, *extra):
+    return ["--checkpoint", str(d / "model.safetensors"), "--tokenizer", str(d / "tok.safetensors"),
+            "--text-tokenizer", str(d / "text.model"), *SMALL, *extra]
+
+
+def test_one_prompt_end_to_end(files, tmp_path):
+    out = tmp_path / "video.mp4"
+    proc = subprocess.run([sys.executable, "-m", "jobs.generate", *args(files, "--prompt", CAPTIONS[0], "--seconds", "3",
+                                                                          "--out", str(out), "--seed", "3")],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3.0 / 3.0 s of video generated" in proc.stderr  # progress in seconds of video
+    assert probe_video(str(out)).num_frames == 24
+    assert (tmp_path / "video.gif").stat().st_size > 0 and (tmp_path / "video.png").stat().st_size > 0
+    report = json.loads((tmp_path / "video.json").read_text())
+    assert report["generate"]["seconds"] == 3.0 and report["seed"] == 3 and report["fps"] == 8.0
+    (video,) = report["videos"]
+    assert video["prompt"] == CAPTIONS[0] and video["frames"] == 24 and video["timings"]["tokens_per_s"] > 0
+
+
+def test_prompts_file_batches_and_seed(files, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join([json.dumps({"caption": CAPTIONS[1], "attributes": {"colour": "red"}}),
+                                  "", CAPTIONS[2], json.dumps({"prompt": CAPTIONS[3]})]) + "\n")
+    common = args(files, "--prompts-file", str(prompts), "--seconds", "1.5", "generate.batch_size=2",
+                  "generate.tokenizer_bf16=false")
+    assert main([*common, "--out", str(tmp_path / "a.mp4")]) == 0
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert [v["prompt"] for v in report["videos"]] == CAPTIONS[1:4]
+    assert report["videos"][0]["attributes"] == {"colour": "red"} and report["videos"][1]["attributes"] is None
+    assert [v["seed"] for v in report["videos"]] == [0, 0, 2]  # one seed per batch: run.seed + first index
+    assert all(probe_video(str(tmp_path / f"a_{i:03d}.mp4")).num_frames == 12 for i in range(3))
+    # same seed, same videos; another seed, others
+    main([*common, "--out", str(tmp_path / "b.mp4")])
+    main([*common, "--out", str(tmp_path / "c.mp4"), "--seed", "1"])
+    clip = lambda name: read_clip(str(tmp_path / name), 0.0, 12, size=None)  # noqa: E731
+    np.testing.assert_array_equal(clip("a_000.mp4"), clip("b_000.mp4"))
+    assert not np.array_equal(clip("a_000.mp4"), clip("c_000.mp4"))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--prompt", "   "], "prompt is empty"),
+    (["--prompt", CAPTIONS[0], "text.max_text_tokens=5"], "longer than the text context text.max_text_tokens=5"),
+    (["--prompt", CAPTIONS[0], "--checkpoint", "WRONG"], "model was trained on 64 video codes, the video tokenizer has 125"),
+    (["--prompt", CAPTIONS[0], "generate.window_latent_frames=9"], "above the model's max_seq_len=128"),
+    ([], "pass exactly one of --prompt TEXT or --prompts-file F"),
+])
+def test_errors(files, tmp_path, extra, message):
+    argv = args(files, "--out", str(tmp_path / "v.mp4"), *extra)
+    if "WRONG" in argv:
+        argv[argv.index("WRONG")] = str(files / "wrong_codebook.safetensors")
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        main(argv)
+
+
+def test_error_is_one_line(files, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "jobs.generate", *args(files, "--prompt", "")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == ["error: prompt is empty"]
+    assert issubclass(ModelFileError, UserError)
