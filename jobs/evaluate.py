@@ -6,6 +6,14 @@ tokenizer: one 17-frame 128x128 clip from each manifest entry (up to --clips, se
 encoded and decoded with the uint8 API; per-clip and mean PSNR and SSIM, the bilinear 8x reference
 on the same clips, codebook use (share of codes seen, perplexity); DIR/tokenizer_eval.json and one
 side-by-side GIF (original | reconstruction) per clip in DIR/tokenizer_eval/.
+
+    python -m jobs.evaluate generation --videos video.json --out DIR [--tokenizer T] [--window-s 10]
+
+generation: the videos listed in a jobs.generate JSON, cut into windows of --window-s seconds;
+per window the drift from the first clip (colour histogram and tokenizer-code histogram distances,
+code entropy, motion) and, for prompts that carry synthetic attributes, prompt alignment
+(attributes detected in the pixels against the prompt's); means per window index over the
+videos; DIR/generation_eval.json.
 """
 
 from __future__ import annotations
@@ -65,7 +73,52 @@ def evaluate_tokenizer(argv: list[str]) -> int:
     return 0
 
 
-TARGETS = {"tokenizer": evaluate_tokenizer}
+def evaluate_generation(argv: list[str]) -> int:
+    from loong_dist.evaluation.generation_quality import alignment, drift, summarise
+    from loong_dist.inference.generate import pixel_frames
+    from loong_dist.io.video import probe_video, read_clip
+    from loong_dist.models.tokenizer import load_tokenizer
+
+    aliases = {"--tokenizer": "tokenizer.path", "--out": "run.out_dir"}
+    parser = job_parser("python -m jobs.evaluate generation", "Drift and prompt alignment of generated videos.",
+                        aliases, sections=("tokenizer", "run"))
+    parser.add_argument("--videos", required=True, help="JSON written by jobs.generate")
+    parser.add_argument("--window-s", type=float, default=10.0, help="window length (seconds)")
+    args = parser.parse_intermixed_args(argv)
+    cfg = resolve_config(args, aliases)
+    try:
+        run = json.loads(Path(args.videos).read_text())
+        videos, fps, settings = run["videos"], float(run["fps"]), run["generate"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{args.videos}: not a jobs.generate JSON ({type(e).__name__}: {e})") from None
+    tok_path = cfg.tokenizer.path or run.get("tokenizer", "")
+    tok = load_tokenizer(tok_path) if tok_path else None
+    first_clip = pixel_frames(settings["window_latent_frames"])
+    rows = []
+    for v in videos:
+        frames = read_clip(v["mp4"], 0.0, probe_video(v["mp4"]).num_frames, fps=None, size=None)
+        row = {"mp4": v["mp4"], "prompt": v.get("prompt"), "frames": len(frames),
+               "drift": drift(frames, fps, first_clip, args.window_s, tok, settings.get("tokenizer_bf16", False))}
+        if v.get("attributes"):
+            row["alignment"] = alignment(frames, v["attributes"], fps, args.window_s)
+        rows.append(row)
+    report = {"videos_json": args.videos, "tokenizer": tok_path or None, "window_s": args.window_s, "fps": fps,
+              "first_clip_frames": first_clip, "generate": settings, **summarise(rows), "per_video": rows}
+    out = Path(cfg.run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "generation_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    for w in report["drift"]:
+        log.info("window %d (from %.0f s): colour TV %.3f, code TV %s, code entropy %s bits, motion %.2f",
+                 w["window"], w["start_s"], w["colour_tv"], f"{w['code_tv']:.3f}" if "code_tv" in w else "-",
+                 f"{w['code_entropy_bits']:.2f}" if "code_entropy_bits" in w else "-", w["motion"])
+    if report["alignment"]:
+        log.info("prompt alignment, first window (%d videos): %s", report["alignment"]["videos"],
+                 ", ".join(f"{k} {v:.0%}" for k, v in report["alignment"]["first_window"].items()))
+    log.info("-> %s", out / "generation_eval.json")
+    return 0
+
+
+TARGETS = {"tokenizer": evaluate_tokenizer, "generation": evaluate_generation}
 
 
 def main(argv: list[str] | None = None) -> int:

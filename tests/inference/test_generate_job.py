@@ -103,3 +103,36 @@ def test_error_is_one_line(files, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == ["error: prompt is empty"]
     assert issubclass(ModelFileError, UserError)
+
+
+def test_evaluate_generation(files, tmp_path):
+    from jobs.evaluate import main as evaluate
+    from loong_dist.data.synthetic import attributes_for, caption, render_clip
+    from loong_dist.io.video import write_mp4
+
+    attrs = [attributes_for(i, 0) for i in range(2)]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"caption": caption(a, 65), "attributes": a}) + "\n" for a in attrs))
+    main(args(files, "--prompts-file", str(prompts), "--seconds", "4", "--out", str(tmp_path / "gen.mp4"),
+              "generate.tokenizer_bf16=false"))
+    assert evaluate(["generation", "--videos", str(tmp_path / "gen.json"), "--out", str(tmp_path / "ev"),
+                     "--window-s", "2"]) == 0
+    report = json.loads((tmp_path / "ev" / "generation_eval.json").read_text())
+    assert [w["start_s"] for w in report["drift"]] == [0.0, 2.0] and report["first_clip_frames"] == 9
+    assert all(0 <= w["colour_tv"] <= 1 and 0 <= w["code_tv"] <= 1 and w["code_entropy_bits"] >= 0
+               for w in report["drift"])
+    assert report["alignment"]["videos"] == 2 and len(report["per_video"][0]["alignment"]) == 2
+
+    # the reference generator: the renderer itself, at 64 px, listed the way jobs.generate lists videos
+    videos = []
+    for i, a in enumerate(attrs):
+        write_mp4(tmp_path / f"r{i}.mp4", render_clip(a, 65, 64), fps=8.0)
+        videos.append({"mp4": str(tmp_path / f"r{i}.mp4"), "prompt": caption(a, 65), "attributes": a})
+    (tmp_path / "rendered.json").write_text(json.dumps({"fps": 8.0, "generate": {"window_latent_frames": 5},
+                                                         "videos": videos}))
+    evaluate(["generation", "--videos", str(tmp_path / "rendered.json"), "--out", str(tmp_path / "ev2"),
+              "--window-s", "4"])
+    rendered = json.loads((tmp_path / "ev2" / "generation_eval.json").read_text())
+    assert rendered["alignment"]["all_attributes_first_window"] == 1.0
+    assert set(rendered["alignment"]["all_windows"].values()) == {1.0}
+    assert "code_tv" not in rendered["drift"][0]  # no tokenizer named: pixel statistics only
