@@ -45,19 +45,38 @@ def plan_clips(entries: Sequence[ManifestEntry], n: int, frames: int, fps: float
     return plan
 
 
-def build_clip_bank(entries: Sequence[ManifestEntry], n: int, frames: int, fps: float, size: int, seed: int,
-                    storage: Storage | None = None, desc: str = "clip bank", return_plan: bool = False):
-    """uint8 (n, frames, size, size, 3); with return_plan also the [(entry, start)] each clip came from."""
+def split_counts(n: int, shares: Sequence[float]) -> list[int]:
+    """n split in proportion to shares, rounding so the counts add up to n (largest remainders)."""
+    total = float(sum(shares))
+    exact = [n * s / total for s in shares]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(shares)), key=lambda i: exact[i] - counts[i], reverse=True)[:n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def build_clip_bank(entries: Sequence[ManifestEntry] | Sequence[Sequence[ManifestEntry]], n: int, frames: int,
+                    fps: float, size: int, seed: int, storage: Storage | None = None, desc: str = "clip bank",
+                    return_plan: bool = False, shares: Sequence[float] | None = None):
+    """uint8 (n, frames, size, size, 3); with return_plan also the [(entry, start)] each clip came from.
+
+    With `shares`, `entries` is one list of entries per source (a manifest) and source i gives
+    n * shares[i] / sum(shares) of the clips."""
     storage = storage or Storage()
+    groups = [list(g) for g in entries] if shares is not None else [list(entries)]
     durations = {}
-    for video in sorted({e.video for e in entries}):
+    for video in sorted({e.video for g in groups for e in g}):
         try:
             with storage.local_copy(video) as path:
                 durations[video] = probe_video(path, name=video).duration
         except UserError as err:
             log.warning("skipping %s: %s", video, err)
-    entries = [e for e in entries if e.video in durations]
-    plan = plan_clips(entries, n, frames, fps, seed, durations)
+    counts = split_counts(n, shares) if shares is not None else [n]
+    plan = []
+    for i, (group, count) in enumerate(zip(groups, counts)):
+        if count:
+            group = [e for e in group if e.video in durations]
+            plan += plan_clips(group, count, frames, fps, seed + 1000 * i, durations)
     bank = np.empty((n, frames, size, size, 3), np.uint8)
     for i, (e, start) in enumerate(tqdm(plan, desc=desc, unit="clip")):
         try:

@@ -2,11 +2,11 @@
 DeepSpeed engine builder as the transformer.
 
 Each step draws `optim.micro_batch_size` clips per rank from the clip bank with a generator seeded
-by (seed, step, rank) - so a resumed run draws the same clips - and flips half of them. Every
-`eval_every` steps the held-out clips are encoded and decoded with the uint8 API and scored (PSNR,
-SSIM, codebook use) against the bilinear 8x reference; the numbers go to TensorBoard and to
-`eval.jsonl` (with wall time: the PSNR-against-training-time curve), and `preview_<step>.gif`
-shows originals beside reconstructions. Checkpoints: DeepSpeed's (resume) plus the weights
+by (seed, step, rank) - so a resumed run draws the same clips - crops them to `tokenizer_train.crop`
+and flips half of them. Every `eval_every` steps the held-out clips (whole frames) are encoded and
+decoded with the uint8 API and scored (PSNR, SSIM, codebook use) against the bilinear 8x
+reference; the numbers go to TensorBoard and to `eval.jsonl` (with wall time: the PSNR against
+training time, drawn as `psnr_curve.png`), and `preview_<step>.gif` shows originals beside reconstructions. Checkpoints: DeepSpeed's (resume) plus the weights
 exported as `tokenizer.safetensors` (what load_tokenizer reads).
 """
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from loong_dist.config import Config
 from loong_dist.data.clip_bank import build_clip_bank, load_or_build
 from loong_dist.data.manifest import read_manifest
+from loong_dist.evaluation.plots import line_chart
 from loong_dist.evaluation.tokenizer_quality import evaluate_clips
 from loong_dist.io.storage import Storage
 from loong_dist.io.video import write_gif
@@ -44,9 +45,13 @@ class TokenizerTrainer:
         self.is_main = (not dist.is_initialized()) or dist.get_rank() == 0
         storage = Storage(cfg.storage)
         tt = cfg.tokenizer_train
-        train = [e for m in tt.manifests for e in read_manifest(m, storage)[0] if e.extra.get("split") != "held_out"]
+        sources = [[e for e in read_manifest(m, storage)[0] if e.extra.get("split") != "held_out"]
+                   for m in tt.manifests]
+        if not tt.manifest_shares:
+            sources = [[e for source in sources for e in source]]
         self.bank = load_or_build(self.out / "clip_bank.npy", lambda: build_clip_bank(
-            train, tt.clips, tt.frames, cfg.data.fps, cfg.data.size, cfg.run.seed, storage, "training clips"))
+            sources, tt.clips, tt.frames, cfg.data.fps, cfg.data.size, cfg.run.seed, storage, "training clips",
+            shares=tt.manifest_shares or [1.0]))
         self.eval_bank = None
         if tt.eval_manifest and tt.eval_clips:
             held = [e for e in read_manifest(tt.eval_manifest, storage)[0] if e.extra.get("split") == "held_out"]
@@ -69,10 +74,16 @@ class TokenizerTrainer:
                      tuple(self.bank.shape))
 
     def batch(self) -> torch.Tensor:
-        """This rank's clips for this step: float (b, 3, T, H, W) in [-1, 1]."""
+        """This rank's clips for this step: float (b, 3, T, H, W) in [-1, 1], randomly cropped
+        to tokenizer_train.crop when set."""
         rng = np.random.default_rng([self.cfg.run.seed, self.step, self.groups.dp_rank])
         idx = np.sort(rng.choice(len(self.bank), self.cfg.optim.micro_batch_size, replace=False))
         clips = torch.from_numpy(np.ascontiguousarray(self.bank[idx]))  # (b, T, H, W, 3) uint8
+        crop = self.cfg.tokenizer_train.crop
+        if crop and crop < min(clips.shape[2:4]):
+            ys = rng.integers(0, clips.shape[2] - crop + 1, len(idx))
+            xs = rng.integers(0, clips.shape[3] - crop + 1, len(idx))
+            clips = torch.stack([c[:, y:y + crop, x_:x_ + crop] for c, y, x_ in zip(clips, ys, xs)])
         flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
         clips[flip] = clips[flip].flip(3)
         x = clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (b, 3, T, H, W)
@@ -129,9 +140,18 @@ class TokenizerTrainer:
         pairs = np.concatenate([np.asarray(self.eval_bank[:4]), recon[:4]], axis=3)  # original | recon side by side
         write_gif(self.out / "previews" / f"preview_{self.step:08d}.gif", np.concatenate(list(pairs), axis=1),
                   fps=self.cfg.data.fps)
+        self._plot_curve()
         log.info("step %d (%.0f s): held-out PSNR %.2f dB (bilinear reference %.2f), SSIM %.3f, codes used %.2f%%",
                  self.step, self.wall, row["psnr"], row["ref_psnr"], row["ssim"], 100 * row["used"])
         return row
+
+    def _plot_curve(self) -> None:
+        """psnr_curve.png: held-out PSNR against training time, with the bilinear reference."""
+        rows = [json.loads(line) for line in open(self.out / "eval.jsonl")]
+        line_chart({"tokenizer": ([r["wall_s"] / 60 for r in rows], [r["psnr"] for r in rows])},
+                   self.out / "psnr_curve.png", title="held-out PSNR against training time",
+                   xlabel="training time (min)", ylabel="PSNR (dB)",
+                   hlines={"bilinear 8x reference": rows[-1]["ref_psnr"]})
 
     def fit(self, steps: int | None = None, max_seconds: float | None = None) -> None:
         steps = steps or self.cfg.optim.steps

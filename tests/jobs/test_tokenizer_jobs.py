@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ["tokenizer.channels=8", "tokenizer.decoder_res_blocks=1", "tokenizer.num_res_blocks=1", "data.size=64",
         "tokenizer_train.frames=5", "tokenizer_train.clips=6", "tokenizer_train.eval_clips=2",
         "tokenizer_train.eval_every=2", "tokenizer_train.save_every=2", "optim.micro_batch_size=2",
-        "optim.warmup_steps=1", "run.log_every=1"]
+        "optim.warmup_steps=1", "run.log_every=1", "tokenizer_train.manifest_shares=[]", "tokenizer_train.crop=32"]
 
 
 def _run(module, *args):
