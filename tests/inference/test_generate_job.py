@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from loong_dist.config import ModelConfig, TokenizerConfig
 from loong_dist.data.text_tokenizer import TextTokenizer, train_text_tokenizer
 from loong_dist.errors import UserError
-from loong_dist.io.video import probe_video, read_clip
+from loong_dist.io.video import probe_video
 from loong_dist.models.ar.checkpoint import ModelFileError, save_model
 from loong_dist.models.ar.layout import VocabLayout
 from loong_dist.models.ar.model import Transformer
@@ -75,12 +76,15 @@ def test_prompts_file_batches_and_seed(files, tmp_path):
     assert report["videos"][0]["attributes"] == {"colour": "red"} and report["videos"][1]["attributes"] is None
     assert [v["seed"] for v in report["videos"]] == [0, 0, 2]  # one seed per batch: run.seed + first index
     assert all(probe_video(str(tmp_path / f"a_{i:03d}.mp4")).num_frames == 12 for i in range(3))
-    # same seed, same videos; another seed, others
+    # same seed, same videos; another seed, others. Compared on the lossless PNG strips: libx264
+    # with threads does not encode the same frames to the same pixels every time.
     main([*common, "--out", str(tmp_path / "b.mp4")])
     main([*common, "--out", str(tmp_path / "c.mp4"), "--seed", "1"])
-    clip = lambda name: read_clip(str(tmp_path / name), 0.0, 12, size=None)  # noqa: E731
-    np.testing.assert_array_equal(clip("a_000.mp4"), clip("b_000.mp4"))
-    assert not np.array_equal(clip("a_000.mp4"), clip("c_000.mp4"))
+    strip = lambda name: np.asarray(Image.open(tmp_path / name))  # noqa: E731
+    for i in range(3):
+        np.testing.assert_array_equal(strip(f"a_{i:03d}.png"), strip(f"b_{i:03d}.png"))
+    assert not np.array_equal(strip("a_000.png"), strip("c_000.png"))
+    assert strip("a_000.png").shape == (32, 8 * 32, 3)
 
 
 @pytest.mark.parametrize("extra,message", [

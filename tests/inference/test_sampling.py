@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from loong_dist.inference.sampling import (guide, restrict, sample, split_guided, top_k_filter, top_p_filter,
-                                           video_range)
+from loong_dist.inference.sampling import guide, restrict, sample, split_guided, top_p_filter, video_range
 from loong_dist.models.ar.layout import VocabLayout
 
 INF = float("-inf")
@@ -34,10 +33,22 @@ def test_restrict_to_video_codes():
 
 
 def test_top_k_by_hand():
-    x = torch.tensor([[0.1, 3.0, 2.0, -1.0, 2.5]])
-    assert top_k_filter(x, 2).tolist() == [[INF, 3.0, INF, INF, 2.5]]
-    assert top_k_filter(x, 0).tolist() == x.tolist()
-    assert top_k_filter(x, 5).tolist() == x.tolist()
+    x = torch.tensor([[0.1, 3.0, 2.0, -1.0, 2.5]]).expand(20000, 5)
+    draws = sample(x, temperature=1.0, top_k=2, generator=torch.Generator().manual_seed(0))
+    # only ids 1 and 4, in the ratio e^3 : e^2.5
+    freq = torch.bincount(draws, minlength=5).float() / 20000
+    p1 = 1 / (1 + math.exp(-0.5))
+    torch.testing.assert_close(freq, torch.tensor([0.0, p1, 0.0, 0.0, 1 - p1]), atol=0.015, rtol=0)
+    assert freq[[0, 2, 3]].sum() == 0
+
+
+def test_top_k_then_top_p_by_hand():
+    # softmax over the top 3 of log([0.05, 0.5, 0.25, 0.15, 0.05]) is [0.5, 0.25, 0.15] / 0.9;
+    # top_p 0.7 keeps 0.556 + 0.278 (the second crosses 0.7)
+    x = torch.tensor([[0.05, 0.5, 0.25, 0.15, 0.05]]).log().expand(20000, 5)
+    draws = sample(x, 1.0, top_k=3, top_p=0.7, generator=torch.Generator().manual_seed(2))
+    freq = torch.bincount(draws, minlength=5).float() / 20000
+    torch.testing.assert_close(freq, torch.tensor([0.0, 2 / 3, 1 / 3, 0.0, 0.0]), atol=0.015, rtol=0)
 
 
 def test_top_p_by_hand():
