@@ -1,0 +1,284 @@
+"""report.html and summary.json for a pipeline run folder (what `jobs.quickstart` writes).
+
+The page opens from disk with no server and no network: styles are inline, pictures and videos
+are files in the run folder referred to by relative paths, curves are PNGs drawn here with
+matplotlib. Every section is built from the files the steps left (their `.done` records, configs,
+metrics.jsonl, *_eval.json, the generate JSON); a step that did not run leaves its section out,
+so the same code reports a full demo, a partial one, or a cluster run folder.
+
+    html, summary = write_report(Path("runs/demo"))
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from loong_dist.evaluation.plots import line_chart
+
+ASSETS = "report_assets"
+"""Sub-folder of the run folder for the PNGs the report draws."""
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f4f4f4; }
+td.l, th.l { text-align: left; } .muted { color: #777; } figure { display: inline-block; margin: 0.4em; }
+figcaption { font-size: 0.8em; color: #555; max-width: 520px; } pre { background: #f7f7f7; padding: 0.6em;
+overflow-x: auto; font-size: 0.8em; } img.strip { max-width: 100%; }
+"""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line cut short by a kill: the rest of the file still counts
+            continue
+    return out
+
+
+def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
+    def cell(v: Any, tag: str, i: int) -> str:
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        cls = ' class="l"' if i < left else ""
+        return f"<{tag}{cls}>{html.escape(str(v))}</{tag}>"
+    head = "".join(cell(h, "th", i) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell(v, "td", i) for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _rel(path: str | Path, root: Path) -> str:
+    return html.escape(os.path.relpath(Path(path).resolve(), root.resolve()))
+
+
+def _img(path: Path, root: Path, caption: str = "", cls: str = "") -> str:
+    c = f' class="{cls}"' if cls else ""
+    return (f'<figure><img src="{_rel(path, root)}"{c} alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+# -- sections ------------------------------------------------------------------------------------
+
+def _throughput(root: Path, name: str, rec: dict) -> str:
+    """What a step got through per second of its wall time, from the files it wrote."""
+    wall = rec.get("wall_s") or 0
+    if not wall:
+        return ""
+    module, folder = rec.get("module", ""), root / name
+    if module == "jobs.train":
+        rows = _rows(folder / "metrics.jsonl")
+        seconds = sum(r.get("seconds", 0.0) for r in rows)
+        return f"{sum(r.get('tokens', 0) for r in rows) / seconds:,.0f} tokens/s in steps" if seconds else ""
+    if module == "data_prep.pretokenize":
+        totals = (_read_json(folder / "index.json") or {}).get("totals", {})
+        return f"{totals.get('samples', 0) / wall:.2f} samples/s" if totals else ""
+    if module == "data_prep.synthetic":
+        lines = (folder / "manifest.jsonl").read_text().splitlines() if (folder / "manifest.jsonl").exists() else []
+        return f"{len(lines) / wall:.1f} clips/s"
+    if module == "jobs.generate":
+        gen = _read_json(folder / "videos.json") or {}
+        video_s = sum(v.get("seconds", 0) for v in gen.get("videos", []))
+        return f"{video_s / wall:.3f} s of video per s" if video_s else ""
+    if module == "jobs.evaluate" and (folder / "tokenizer_eval.json").exists():
+        return f"{(_read_json(folder / 'tokenizer_eval.json') or {}).get('clips', 0) / wall:.2f} clips/s"
+    return ""
+
+
+def steps_section(root: Path, summary: dict) -> str:
+    rows = []
+    for name, rec in summary["steps"].items():
+        rec["throughput"] = _throughput(root, name, rec)
+        rows.append([name, rec.get("module", ""), rec.get("wall_s"), rec["throughput"]])
+    total = sum(r.get("wall_s") or 0 for r in summary["steps"].values())
+    summary["total_wall_s"] = round(total, 1)
+    return (f"<h2>Steps</h2><p>{len(rows)} steps, {total / 60:.1f} min in all.</p>" +
+            _table(["step", "job", "wall (s)", "throughput"], rows, left=2))
+
+
+def tokenizer_section(root: Path, summary: dict) -> str:
+    report = _read_json(root / "tokenizer_eval" / "tokenizer_eval.json")
+    if report is None:
+        return ""
+    summary["tokenizer"] = {k: report[k] for k in ("checkpoint", "clips", "frames", "size", "psnr", "ssim", "ref_psnr",
+                                                  "ref_ssim", "used", "perplexity") if k in report}
+    out = ["<h2>Video tokenizer</h2>",
+           f"<p>{report['clips']} held-out clips of {report['frames']} frames at {report['size']} px, checkpoint "
+           f"<code>{html.escape(str(report['checkpoint']))}</code>. Reference: every frame downsampled 8x "
+           f"(bilinear, antialiased) and upsampled back, a continuous code at the tokenizer's spatial factor.</p>",
+           _table(["", "PSNR (dB)", "SSIM"], [["tokenizer", report["psnr"], report["ssim"]],
+                                              ["bilinear 8x reference", report["ref_psnr"],
+                                               report.get("ref_ssim", "")]]),
+           f"<p>Codebook: {100 * report['used']:.2f}% of {report['codebook_size']} codes used, perplexity "
+           f"{report['perplexity']:.0f}.</p>"]
+    per = report.get("per_clip", [])
+    out.append(_table(["clip", "video", "start (s)", "PSNR", "SSIM", "ref PSNR"],
+                      [[i, Path(c.get("video", "")).name, c.get("start", ""), c["psnr"], c["ssim"], c.get("ref_psnr", "")]
+                       for i, c in enumerate(per)], left=2))
+    figs = [_img(Path(c["gif"]), root, f"clip {i}: original | reconstruction, {c['psnr']:.2f} dB, SSIM {c['ssim']:.3f}")
+            for i, c in enumerate(per) if c.get("gif") and Path(c["gif"]).exists()]
+    out.append("<div>" + "".join(figs[:8]) + "</div>")
+    card = report.get("model_card")
+    if card:
+        out.append(f'<p>Model card: <a href="{_rel(card, root)}">{html.escape(Path(card).name)}</a></p>')
+    return "\n".join(out)
+
+
+def shards_section(root: Path, summary: dict) -> str:
+    index = _read_json(root / "shards" / "index.json")
+    if index is None:
+        return ""
+    totals = index.get("totals", {})
+    summary["shards"] = totals
+    by_frames = ", ".join(f"{k}: {v}" for k, v in totals.get("samples_by_latent_frames", {}).items())
+    return ("<h2>Pre-tokenized shards</h2>" +
+            _table(["shards", "samples", "video tokens", "samples by latent frames"],
+                   [[totals.get("shards"), totals.get("samples"), totals.get("video_tokens"), by_frames]], left=0))
+
+
+def _frame_loss_series(rows: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for r in rows:
+        for i, v in enumerate(r.get("frame_loss") or []):
+            if v is not None:
+                xs, ys = series.setdefault(f"latent frame {i}", ([], []))
+                xs.append(r["step"])
+                ys.append(v)
+    return series
+
+
+def _tail_mean(values: list[float], share: float = 0.25) -> float | None:
+    if not values:
+        return None
+    tail = values[-max(1, int(len(values) * share)):]
+    return sum(tail) / len(tail)
+
+
+def training_section(root: Path, summary: dict, stages: list[str]) -> str:
+    out, table, assets = ["<h2>Transformer training</h2>"], [], root / ASSETS
+    summary["training"] = {}
+    frame_tables = {}
+    for name in stages:
+        rows = _rows(root / name / "metrics.jsonl")
+        if not rows:
+            continue
+        steps = [r["step"] for r in rows]
+        loss_png = line_chart({"loss": (steps, [r["loss"] for r in rows])}, assets / f"{name}_loss.png",
+                              title=f"{name}: training loss", xlabel="step", ylabel="loss (nats / token)")
+        figs = [_img(loss_png, root, f"{name}: loss per step")]
+        series = _frame_loss_series(rows)
+        if series:
+            shown = dict(list(series.items())[:6])
+            fl_png = line_chart(shown, assets / f"{name}_frame_loss.png", title=f"{name}: loss per latent frame",
+                                xlabel="step", ylabel="mean loss of the frame's tokens")
+            figs.append(_img(fl_png, root, f"{name}: mean loss per latent-frame index"))
+            frame_tables[name] = {k: _tail_mean(ys) for k, (_, ys) in series.items()}
+        seconds = sum(r.get("seconds", 0.0) for r in rows)
+        tokens = sum(r.get("tokens", 0) for r in rows)
+        cfg_path = root / name / "config.yaml"
+        stats = {"steps": steps[-1], "final_loss": _tail_mean([r["loss"] for r in rows]),
+                 "tokens_per_s": tokens / seconds if seconds else None, "seconds": seconds,
+                 "frame_loss": frame_tables.get(name, {})}
+        summary["training"][name] = stats
+        table.append([name, stats["steps"], stats["final_loss"], stats["tokens_per_s"] or "", seconds])
+        out.append(f"<h3>{html.escape(name)}</h3><div>{''.join(figs)}</div>")
+        if cfg_path.exists():
+            out.append(f"<details><summary>resolved config</summary><pre>{html.escape(cfg_path.read_text())}</pre></details>")
+    if not table:
+        return ""
+    out.insert(1, _table(["run", "steps", "loss (last quarter)", "tokens/s", "train time (s)"], table))
+    if frame_tables:
+        n = max(len(t) for t in frame_tables.values())
+        out.append("<h3>Per-latent-frame loss (mean over the last quarter of each run)</h3>")
+        out.append(_table(["run"] + [f"frame {i}" for i in range(n)],
+                          [[k] + [t.get(f"latent frame {i}", "") if t.get(f"latent frame {i}") is not None else ""
+                                  for i in range(n)] for k, t in frame_tables.items()]))
+    return "\n".join(out)
+
+
+def generation_section(root: Path, summary: dict) -> str:
+    gen = _read_json(root / "generate" / "videos.json")
+    if gen is None:
+        return ""
+    out = ["<h2>Generated videos</h2>",
+           f"<p>{len(gen['videos'])} video(s) of {gen['generate']['seconds']:g} s at {gen['fps']:g} fps, "
+           f"{gen['size']} px; top-k {gen['generate']['top_k']}, temperature {gen['generate']['temperature']}, "
+           f"guidance {gen['generate']['cfg_scale']}, re-encoding {'on' if gen['generate']['reencode'] else 'off'}; "
+           f"{gen['wall_s']:.0f} s in all.</p>"]
+    summary["generation"] = {"videos": len(gen["videos"]), "seconds": gen["generate"]["seconds"], "wall_s": gen["wall_s"],
+                             "settings": gen["generate"]}
+    for i, v in enumerate(gen["videos"]):
+        out.append(f"<h3>{i + 1}. {html.escape(v['prompt'])}</h3>")
+        out.append(f'<video controls loop muted width="256" src="{_rel(v["mp4"], root)}"></video> '
+                   f'<img src="{_rel(v["gif"], root)}" width="256" alt="GIF">')
+        out.append(_img(Path(v["png"]), root, f"frame strip, {v['seconds']:.0f} s", cls="strip"))
+    ev = _read_json(root / "generation_eval" / "generation_eval.json")
+    if ev is not None:
+        summary["generation"]["drift"] = ev.get("drift")
+        summary["generation"]["alignment"] = ev.get("alignment")
+        drift = ev.get("drift") or []
+        if drift:
+            keys = [k for k in ("colour_tv", "code_tv", "code_entropy_bits", "motion") if k in drift[0]]
+            out.append(f"<h3>Drift from the first clip, per {ev['window_s']:g} s window (mean over videos)</h3>")
+            out.append(_table(["window", "from (s)"] + keys, [[w["window"], w["start_s"]] + [w.get(k, "") for k in keys]
+                                                             for w in drift], left=0))
+        al = ev.get("alignment") or {}
+        if al:
+            out.append(f"<h3>Prompt alignment ({al.get('videos')} synthetic prompts)</h3>")
+            per = {k: v for k, v in al.items() if isinstance(v, dict)}
+            attrs = sorted({a for d in per.values() for a in d})
+            out.append(_table(["windows"] + attrs, [[k] + [d.get(a, "") for a in attrs] for k, d in per.items()]))
+    return "\n".join(out)
+
+
+def configs_section(root: Path) -> str:
+    out = ["<h2>Resolved configs</h2>"]
+    for path in sorted(root.glob("*/config.yaml")) + ([root / "config.yaml"] if (root / "config.yaml").exists() else []):
+        out.append(f"<details><summary>{_rel(path, root)}</summary><pre>{html.escape(path.read_text())}</pre></details>")
+    return "\n".join(out)
+
+
+def write_report(root: Path, title: str = "loong-dist run", command: str = "",
+                 stages: list[str] | None = None) -> tuple[Path, dict]:
+    """Write root/report.html and root/summary.json; returns (html path, summary)."""
+    root = Path(root)
+    previous = _read_json(root / "summary.json") or {}
+    steps = {}
+    for done in sorted(root.glob("*/.done"), key=lambda p: p.stat().st_mtime):
+        rec = _read_json(done) or {}
+        steps[done.parent.name] = rec
+    summary: dict[str, Any] = {"out": str(root), "title": title, "command": command or previous.get("command", ""),
+                               "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.platform(),
+                               "cpus": os.cpu_count(), "steps": steps}
+    stages = stages if stages is not None else [d.name for d in sorted(root.iterdir())
+                                                if (d / "metrics.jsonl").exists()] if root.exists() else []
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f"<p class='muted'>{html.escape(summary['written'])} on {html.escape(summary['machine'])}, "
+            f"{summary['cpus']} CPUs. Command: <code>{html.escape(summary['command'])}</code></p>",
+            steps_section(root, summary), tokenizer_section(root, summary), shards_section(root, summary),
+            training_section(root, summary, stages), generation_section(root, summary), configs_section(root)]
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(title) +
+            f"</title><style>{STYLE}</style></head><body>" + "\n".join(b for b in body if b) + "</body></html>\n")
+    out = root / "report.html"
+    tmp = root / ".report.html.tmp"
+    tmp.write_text(page)
+    tmp.replace(out)
+    (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return out, summary
