@@ -116,6 +116,7 @@ class KVCache:
         self.keys: list[Tensor | None] = [None] * n_layers
         self.values: list[Tensor | None] = [None] * n_layers
         self.valid = valid
+        self._mask: tuple[tuple[int, int], Tensor] | None = None
         if valid is not None and valid.shape[1] < capacity:  # positions beyond the prompt are real tokens
             self.valid = torch.cat([valid, valid.new_ones(valid.shape[0], capacity - valid.shape[1])], dim=1)
 
@@ -137,12 +138,15 @@ class KVCache:
         end = self.pos + s
         if s == 1 and self.valid is None:
             return None
+        if self._mask is not None and self._mask[0] == (self.pos, s):  # every block asks at one step
+            return self._mask[1]
         q_pos = torch.arange(self.pos, end, device=device)[:, None]  # (s, 1)
         k_pos = torch.arange(end, device=device)[None, :]            # (1, L)
         allowed = (k_pos <= q_pos)[None, None]                       # (1, 1, s, L) causal
         if self.valid is not None:
             # a pad query would see no key at all (NaN); let it see itself - nothing reads it
             allowed = (allowed & self.valid[:, None, None, :end].to(device)) | (k_pos == q_pos)[None, None]
+        self._mask = ((self.pos, s), allowed)
         return allowed
 
     def bytes(self) -> int:
