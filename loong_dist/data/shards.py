@@ -186,7 +186,44 @@ class ShardIndex:
                        for shard in raw["shards"] for s in shard["samples"]]
         except (KeyError, TypeError, ValueError) as e:
             raise ShardError(f"{uri}: malformed index entry ({type(e).__name__}: {e})") from None
+        for ref in samples:
+            _check_ref(uri, ref)
         return cls(str(folder), raw.get("meta", {}), raw.get("totals", {}), samples)
+
+
+def _check_ref(uri: str, ref: SampleRef) -> None:
+    """An index is untrusted input: its shard names stay inside its folder, keys are plain names,
+    and ranges are pairs of non-negative integers."""
+    name = ref.shard
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ShardError(f"{uri}: shard name {name!r} is not a plain file name in the index's folder; refused")
+    if not isinstance(ref.key, str) or not ref.key or any(c in ref.key for c in "./\\"):
+        raise ShardError(f"{uri}: sample key {ref.key!r} in {name} must be a plain name without '.', '/' or '\\'")
+    if not isinstance(ref.ranges, dict) or not all(
+            isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) and x >= 0 for x in r)
+            for r in ref.ranges.values()):
+        raise ShardError(f"{uri}: sample {ref.key} in {name}: ranges must be [offset, size] pairs of integers >= 0")
+
+
+BLOCK = tarfile.BLOCKSIZE  # 512: a tar header precedes each member's bytes
+
+
+def _check_member(uri: str, key: str, suffix: str, size: int, header: bytes) -> None:
+    """The tar header in front of a member's bytes must name exactly `<key>.<suffix>`, a regular
+    file of `size` bytes: a member with an absolute path or `..` (which an extracting tool would
+    write outside its folder), a link, or one the index does not describe is refused."""
+    try:
+        info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+    except tarfile.HeaderError as e:
+        raise ShardError(f"{uri}: sample {key}: no valid tar header before its '{suffix}' member "
+                         f"({e or type(e).__name__}); the shard is corrupt or does not match the index") from None
+    name = info.name
+    if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+        raise ShardError(f"{uri}: sample {key}: tar member {name!r} has an absolute path or '..'; refused")
+    if name != f"{key}.{suffix}" or not info.isreg() or info.size != size:
+        kind = "a regular file" if info.isreg() else "a link or special file"
+        raise ShardError(f"{uri}: sample {key}: tar member {name!r} ({kind}, {info.size} bytes) is not the "
+                         f"{key}.{suffix} of {size} bytes the index lists; refused")
 
 
 class ShardReader:
@@ -197,15 +234,23 @@ class ShardReader:
 
     def read(self, ref: SampleRef) -> Sample:
         uri = join(self.index.folder, ref.shard)
-        parts = {}
         for suffix in MEMBERS:
             if suffix not in ref.ranges:
                 raise ShardError(f"{uri}: sample {ref.key} has no '{suffix}' member")
+        # A sample's members lie back to back in the tar: one read covers them with their headers.
+        lo = min(ref.ranges[s][0] for s in MEMBERS) - BLOCK
+        hi = max(sum(ref.ranges[s]) for s in MEMBERS)
+        if lo < 0 or hi - lo > sum(ref.ranges[s][1] for s in MEMBERS) + 2 * BLOCK * len(MEMBERS):
+            raise ShardError(f"{uri}: sample {ref.key}: member ranges in the index are not one sample's members")
+        try:
+            data = self.storage.read_range(uri, lo, hi - lo)
+        except StorageError as e:
+            raise ShardError(f"shard listed in the index cannot be read: {e}") from None
+        parts = {}
+        for suffix in MEMBERS:
             offset, size = ref.ranges[suffix]
-            try:
-                parts[suffix] = self.storage.read_range(uri, offset, size)
-            except StorageError as e:
-                raise ShardError(f"shard listed in the index cannot be read: {e}") from None
+            _check_member(uri, ref.key, suffix, size, data[offset - BLOCK - lo:offset - lo])
+            parts[suffix] = data[offset - lo:offset - lo + size]
         try:
             video = np.load(io.BytesIO(parts["video.npy"]), allow_pickle=False)
             text = np.load(io.BytesIO(parts["text.npy"]), allow_pickle=False)
