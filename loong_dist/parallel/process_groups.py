@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from loong_dist.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -75,17 +80,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _local_rank(rank: int, world: int, port: int, fn: Callable, args: tuple) -> None:
+def _local_rank(rank: int, world: int, port: int, fn: Callable, args: tuple, errors: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
-    fn(*args)
+    try:
+        fn(*args)
+    except UserError as e:  # hand the one-line message to the parent, leave without a traceback
+        Path(errors, f"rank{rank:05d}").write_text(str(e))
+        sys.exit(2)
 
 
 def launch_local(fn: Callable, nprocs: int, *args) -> None:
     """Run `fn(*args)` in `nprocs` fresh processes on this machine, each with the launcher variables
     torchrun would set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); an exception in any rank
-    is raised here. `fn` must be importable (a module-level function)."""
+    is raised here (a `UserError` as a `UserError` with the lowest failing rank's message, so the
+    job still prints one line). `fn` must be importable (a module-level function)."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(_local_rank, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=True,
-                       start_method="spawn")
+    with tempfile.TemporaryDirectory(prefix="loong-ranks-") as errors:
+        try:
+            mp.start_processes(_local_rank, args=(nprocs, free_port(), fn, args, errors), nprocs=nprocs, join=True,
+                               start_method="spawn")
+        except mp.ProcessExitedException:
+            first = sorted(Path(errors).glob("rank*"))
+            if first:
+                raise UserError(first[0].read_text()) from None
+            raise
