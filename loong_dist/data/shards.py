@@ -261,6 +261,12 @@ class ShardReader:
             raise ShardError(f"{uri}: sample {ref.key}: video ids must be integer (F, h, w), got {video.dtype} {video.shape}")
         if not np.issubdtype(text.dtype, np.integer) or text.ndim != 1:
             raise ShardError(f"{uri}: sample {ref.key}: text ids must be integer (L,), got {text.dtype} {text.shape}")
+        # Ids beyond the vocabularies the index declares would index past the embedding table.
+        for what, ids, vocab in (("video", video, self.index.meta.get("codebook_size")),
+                                 ("text", text, self.index.meta.get("text_vocab_size"))):
+            if ids.size and (ids.min() < 0 or (isinstance(vocab, int) and ids.max() >= vocab)):
+                raise ShardError(f"{uri}: sample {ref.key}: {what} ids span [{ids.min()}, {ids.max()}], outside "
+                                 f"[0, {vocab}) that the index declares")
         try:
             caption = parts["caption.txt"].decode("utf-8")
         except UnicodeDecodeError:
