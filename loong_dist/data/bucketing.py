@@ -11,6 +11,11 @@ comes from a token budget - `budget // longest sequence in the bucket` - so an i
 
 At step i every rank takes global batch i (the same bucket everywhere) and its own slice of it.
 `state_dict()` is (epoch, position); loading it continues with exactly the next batch.
+
+With `mix` (one share per entry of `frames`) the buckets are drawn by share instead: step t takes
+its bucket from a draw seeded by (seed, t), and the next global batch of that bucket's own
+permutation (step 1 above, per bucket epoch). A stage that mixes 30% images into 17-frame clips
+sees that share whatever the sample counts; the state adds t and each bucket's (epoch, position).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ class BucketedBatchSampler:
     """Yields this rank's micro-batch (a list of SampleRefs) for each step, forever (epoch after epoch)."""
 
     def __init__(self, refs: Sequence[SampleRef], token_budget: int, dp_rank: int = 0, dp_size: int = 1,
-                 seed: int = 0, frames: Sequence[int] | None = None):
+                 seed: int = 0, frames: Sequence[int] | None = None, mix: Sequence[float] | None = None):
         self.refs = [r for r in refs if frames is None or r.latent_frames in frames]
         if not self.refs:
             raise ValueError(f"no samples with latent frames in {list(frames or [])}")
@@ -69,25 +74,64 @@ class BucketedBatchSampler:
             raise ValueError("too few samples for one global batch in any bucket: "
                              + ", ".join(f"{b.latent_frames} latent frames: {b.size} samples, need "
                                          f"{b.micro_batch * dp_size}" for b in self.buckets.values()))
+        self.mix: dict[int, float] = {}
+        if mix:
+            if frames is None or len(frames) != len(mix):
+                raise ValueError(f"mix {list(mix)} needs one share per entry of frames {list(frames or [])}")
+            self.mix = {f: m / sum(mix) for f, m in zip(frames, mix) if m > 0}
+            for f in self.mix:
+                if not self._bucket_batches(f, 0):
+                    b = self.buckets.get(f)
+                    raise ValueError(f"mix draws {f} latent frames, but the shards hold "
+                                     f"{b.size if b else 0} such samples (one global batch needs "
+                                     f"{b.micro_batch * dp_size if b else 1})")
+        self.step = 0
+        self.cursors = {f: (0, 0) for f in self.mix}  # bucket -> (its epoch, position in it)
+        self._bucket_plans: dict[int, tuple[int, list[np.ndarray]]] = {}
+
+    def _bucket_batches(self, f: int, epoch: int) -> list[np.ndarray]:
+        """Global batches (sample indices) of bucket f in its permutation for `epoch`."""
+        bucket = self.buckets.get(f)
+        if bucket is None:
+            return []
+        members = np.array([i for i, r in enumerate(self.refs) if r.latent_frames == f])
+        order = members[np.random.default_rng([self.seed, epoch, f]).permutation(len(members))]
+        glob = bucket.micro_batch * self.dp_size
+        out = []
+        for j in range(0, len(order) - glob + 1, glob):
+            chunk = order[j:j + glob]
+            out.append(chunk[np.argsort([self.refs[i].text_tokens for i in chunk], kind="stable")])
+        return out
 
     def epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
-        """[(latent_frames, sample indices of one global batch)], in step order."""
-        batches = []
-        for f, bucket in self.buckets.items():
-            members = np.array([i for i, r in enumerate(self.refs) if r.latent_frames == f])
-            order = members[np.random.default_rng([self.seed, epoch, f]).permutation(len(members))]
-            glob = bucket.micro_batch * self.dp_size
-            for j in range(0, len(order) - glob + 1, glob):
-                chunk = order[j:j + glob]
-                chunk = chunk[np.argsort([self.refs[i].text_tokens for i in chunk], kind="stable")]
-                batches.append((f, chunk))
+        """[(latent_frames, sample indices of one global batch)], in step order (without `mix`)."""
+        batches = [(f, chunk) for f in self.buckets for chunk in self._bucket_batches(f, epoch)]
         perm = np.random.default_rng([self.seed, epoch]).permutation(len(batches))
         return [batches[k] for k in perm]
+
+    def _next_mixed(self) -> tuple[int, np.ndarray]:
+        frames = list(self.mix)
+        f = frames[np.random.default_rng([self.seed, 1 << 20, self.step]).choice(len(frames),
+                                                                                 p=list(self.mix.values()))]
+        epoch, position = self.cursors[f]
+        if self._bucket_plans.get(f, (None,))[0] != epoch:
+            self._bucket_plans[f] = (epoch, self._bucket_batches(f, epoch))
+        plan = self._bucket_plans[f][1]
+        if position >= len(plan):
+            epoch, position = epoch + 1, 0
+            self._bucket_plans[f] = (epoch, self._bucket_batches(f, epoch))
+            plan = self._bucket_plans[f][1]
+        self.cursors[f] = (epoch, position + 1)
+        self.step += 1
+        return f, plan[position]
 
     def __iter__(self) -> Iterator[list[SampleRef]]:
         return self
 
     def __next__(self) -> list[SampleRef]:
+        if self.mix:
+            f, chunk = self._next_mixed()
+            return [self.refs[i] for i in chunk[self.dp_rank::self.dp_size]]
         if self._plan is None:
             self._plan = self.epoch_plan(self.epoch)
         if self.position >= len(self._plan):
@@ -104,13 +148,21 @@ class BucketedBatchSampler:
         return len(self.epoch_plan(self.epoch))
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+        state = {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+        if self.mix:
+            state.update(step=self.step, cursors={str(f): list(c) for f, c in self.cursors.items()})
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"loader state was saved with seed {state['seed']}, this run has seed {self.seed}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._plan = None
+        if self.mix:
+            cursors = {int(f): tuple(c) for f, c in state.get("cursors", {}).items()}
+            if set(cursors) != set(self.mix):
+                raise ValueError(f"loader state mixes buckets {sorted(cursors)}, this run mixes {sorted(self.mix)}")
+            self.step, self.cursors = int(state["step"]), cursors
 
 
 def padding_share(batches: Sequence[Sequence[SampleRef]]) -> float:

@@ -8,6 +8,10 @@
 Samples are fetched by byte range (local seek or S3 ranged GET) on a small thread pool, and the
 next micro-batch is fetched while the current one trains. The order is the sampler's alone, so
 threads never change what a step sees.
+
+Caption dropout (for classifier-free guidance) replaces a sample's text with the empty text
+(`<s> <bov>`) at batch time; which samples lose their caption is drawn from (seed, rank, the
+sampler state before the batch), so a resumed run drops exactly the same ones.
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ from loong_dist.io.storage import Storage
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
 
 
-def collate(samples: Sequence[Sample], layout: VocabLayout) -> dict[str, torch.Tensor]:
-    """Build each sample's sequence and right-pad to the longest: (b, s) int64 tensors."""
-    built = [layout.build(s.text.tolist(), s.video) for s in samples]
+def collate(samples: Sequence[Sample], layout: VocabLayout,
+            drop_text: Sequence[bool] | None = None) -> dict[str, torch.Tensor]:
+    """Build each sample's sequence and right-pad to the longest: (b, s) int64 tensors.
+    drop_text[i]: sample i gets the empty caption (`<s> <bov>` then its video)."""
+    drop_text = drop_text if drop_text is not None else [False] * len(samples)
+    built = [layout.build([] if drop else s.text.tolist(), s.video) for s, drop in zip(samples, drop_text)]
     length = max(len(b["tokens"]) for b in built)
     out = {"tokens": np.full((len(built), length), layout.pad_id, np.int64),
            "targets": np.full((len(built), length), IGNORE, np.int64),
@@ -41,7 +48,8 @@ def collate(samples: Sequence[Sample], layout: VocabLayout) -> dict[str, torch.T
 class TokenLoader:
     def __init__(self, index: ShardIndex, layout: VocabLayout, token_budget: int, dp_rank: int = 0,
                  dp_size: int = 1, seed: int = 0, frames: Sequence[int] | None = None,
-                 storage: Storage | None = None, workers: int = 4):
+                 storage: Storage | None = None, workers: int = 4, mix: Sequence[float] | None = None,
+                 caption_dropout: float = 0.0):
         codebook = index.meta.get("codebook_size")
         if codebook is not None and codebook != layout.codebook_size:
             raise ValueError(f"{index.folder}: shards hold {codebook} video codes, the model's layout has "
@@ -52,9 +60,17 @@ class TokenLoader:
                              f"layout has {layout.text_vocab_size}")
         self.index, self.layout = index, layout
         self.reader = ShardReader(index, storage)
-        self.sampler = BucketedBatchSampler(index.samples, token_budget, dp_rank, dp_size, seed, frames)
+        self.sampler = BucketedBatchSampler(index.samples, token_budget, dp_rank, dp_size, seed, frames, mix)
+        self.caption_dropout = caption_dropout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard-read")
         self._next: tuple[dict, list[Future]] | None = None
+
+    def _drop_text(self, state: dict, n: int) -> list[bool]:
+        if not self.caption_dropout:
+            return [False] * n
+        key = [self.sampler.seed, 2 << 20, self.sampler.dp_rank, state["epoch"], state["position"],
+               state.get("step", 0)]
+        return (np.random.default_rng(key).random(n) < self.caption_dropout).tolist()
 
     def _fetch(self) -> tuple[dict, list[Future]]:
         state = self.sampler.state_dict()  # the state *before* this batch: where a resume restarts it
@@ -67,9 +83,9 @@ class TokenLoader:
     def __next__(self) -> dict[str, torch.Tensor]:
         if self._next is None:
             self._next = self._fetch()
-        _, futures = self._next
+        state, futures = self._next
         self._next = self._fetch()  # prefetch while this batch is collated and trained on
-        return collate([f.result() for f in futures], self.layout)
+        return collate([f.result() for f in futures], self.layout, self._drop_text(state, len(futures)))
 
     def state_dict(self) -> dict:
         """Resume point: the batch after the last one returned."""

@@ -1,0 +1,75 @@
+"""Stage mixing ratios over latent-frame buckets and caption dropout: the shares drawn, exact
+resume of both, and dropped captions built as the empty text."""
+
+import numpy as np
+import pytest
+
+from loong_dist.data.bucketing import BucketedBatchSampler
+from loong_dist.data.loader import TokenLoader
+from loong_dist.data.shards import ShardIndex
+from loong_dist.io.storage import Storage
+from tests.data.test_shards_and_loader import LAYOUT, make_samples, write_shards
+
+
+def _refs():
+    from loong_dist.data.shards import SampleRef
+    return [SampleRef("s.tar", f"k{i}", [1, 2, 5][i % 3], 64 * [1, 2, 5][i % 3], 5 + i % 4, {}) for i in range(90)]
+
+
+def test_mix_draws_buckets_by_share_and_resumes():
+    refs = _refs()
+    sampler = BucketedBatchSampler(refs, 700, seed=3, frames=[1, 5], mix=[1.0, 3.0])
+    first = [next(sampler) for _ in range(2000)]
+    frames = [b[0].latent_frames for b in first]
+    assert set(frames) == {1, 5}  # 2-frame samples are filtered out
+    assert frames.count(5) / len(frames) == pytest.approx(0.75, abs=0.03)  # 4 sigma
+    # each bucket walks its own permutation: one pass sees every sample of the bucket once
+    images = [r.key for b, f in zip(first, frames) if f == 1 for r in b]
+    per_epoch = 30 // sampler.buckets[1].micro_batch * sampler.buckets[1].micro_batch
+    assert len(set(images[:per_epoch])) == per_epoch
+    # resume from a mid-run state: the same next batches
+    again = BucketedBatchSampler(refs, 700, seed=3, frames=[1, 5], mix=[1.0, 3.0])
+    for _ in range(137):
+        next(again)
+    state = again.state_dict()
+    third = BucketedBatchSampler(refs, 700, seed=3, frames=[1, 5], mix=[1.0, 3.0])
+    third.load_state_dict(state)
+    assert [[r.key for r in next(third)] for _ in range(50)] == [[r.key for r in b] for b in first[137:187]]
+
+
+def test_mix_is_checked():
+    with pytest.raises(ValueError, match="one share per entry"):
+        BucketedBatchSampler(_refs(), 700, frames=[1, 5], mix=[1.0])
+    with pytest.raises(ValueError, match="17 latent frames"):
+        BucketedBatchSampler(_refs(), 700, frames=[1, 17], mix=[1.0, 1.0])
+
+
+def test_caption_dropout_is_the_empty_text_and_resumes(tmp_path):
+    write_shards(Storage(), str(tmp_path), make_samples(60))
+    index = ShardIndex.load(str(tmp_path))
+
+    def loader():
+        return TokenLoader(index, LAYOUT, token_budget=800, seed=1, workers=2, caption_dropout=0.5)
+
+    a = loader()
+    batches = [next(a) for _ in range(12)]
+    state = a.state_dict()
+    later = [next(a) for _ in range(4)]
+    dropped = kept = 0
+    for b in batches:
+        for row in b["tokens"]:
+            if row[1] == LAYOUT.bov_id:  # <s> <bov>: the caption was dropped
+                dropped += 1
+            else:
+                kept += 1
+                assert row[0] == LAYOUT.bos_id and LAYOUT.bov_id in row.tolist()
+    assert dropped > 5 and kept > 5
+    b = loader()
+    b.load_state_dict(state)
+    for want in later:
+        got = next(b)
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+    plain = TokenLoader(index, LAYOUT, token_budget=800, seed=1, workers=2)
+    assert all(row[1] != LAYOUT.bov_id for bt in [next(plain) for _ in range(12)] for row in bt["tokens"])
+    for x in (a, b, plain):
+        x.close()
