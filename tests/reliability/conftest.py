@@ -9,6 +9,7 @@ from loong_dist.config import TokenizerConfig
 from loong_dist.data.manifest import read_manifest
 from loong_dist.data.text_tokenizer import TextTokenizer, train_text_tokenizer
 from loong_dist.models.tokenizer import VideoTokenizer, save_tokenizer
+from tests.fixtures.fault_proxy import fault_proxy  # noqa: F401
 
 
 @pytest.fixture(scope="session")
