@@ -8,7 +8,7 @@
 "caption" key - a synthetic manifest works; its "attributes" are kept for jobs.evaluate
 generation). Prompts are generated `generate.batch_size` at a time. For one prompt, --out X.mp4
 receives X.mp4, X.gif, X.png (a strip of frames) and X.json (settings, timings); for several,
-X_000.mp4, X_001.mp4, ... and the one X.json listing them all.
+X_000.mp4, X_001.mp4, ... and the one X.json listing them all (with the resolved config).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from loong_dist.cli import job_parser, log, resolve_config, run_job
+from loong_dist.config import config_to_dict
 from loong_dist.errors import ConfigError, UserError
 
 ALIASES = {"--tokenizer": "tokenizer.path", "--text-tokenizer": "text.path", "--seconds": "generate.seconds",
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"checkpoint": args.checkpoint, "tokenizer": cfg.tokenizer.path, "text_tokenizer": cfg.text.path,
               "device": device, "fps": cfg.data.fps, "size": cfg.data.size, "seed": cfg.run.seed,
               "max_text_tokens": cfg.text.max_text_tokens, "generate": dataclasses.asdict(gen_cfg),
-              "wall_s": round(time.perf_counter() - t0, 3), "videos": videos}
+              "wall_s": round(time.perf_counter() - t0, 3), "videos": videos, "config": config_to_dict(cfg)}
     json_path = (args.out[:-4] if args.out.endswith(".mp4") else args.out) + ".json"
     Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     log.info("%d video(s), %.1f s each, in %.1f s -> %s", len(videos), gen_cfg.seconds, report["wall_s"], json_path)
