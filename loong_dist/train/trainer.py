@@ -1,21 +1,30 @@
 """The training loop: bucketed shards -> DeepSpeed engine, with checkpoints that resume exactly.
 
 Each optimizer step takes `optim.grad_accum_steps` micro-batches from the loader; the loss of a
-micro-batch is the mean over its video tokens. A checkpoint is DeepSpeed's (model, optimizer,
-scheduler, ZeRO shards) plus, as client state, the step, the loader position and the RNG states,
-so a run started again with the same command continues with the same next batches and losses.
+micro-batch is `loss.mode`: the plain mean over its video tokens, or Loong's weighted mean of
+latent-frame group means (loong_dist/models/losses.py). Either way the means are over the tokens
+of the global batch: token counts are summed over the data-parallel ranks, each rank's loss is
+its share times dp_size, and DeepSpeed's gradient average over the ranks then gives the gradient
+of the global loss.
+
+A checkpoint is DeepSpeed's (model, optimizer, scheduler, ZeRO shards) plus, as client state,
+the step, the loader position and the RNG states, so a run started again with the same command
+continues with the same next batches and losses; metrics.jsonl is cut back to the resumed step.
 DeepSpeed writes the `latest` pointer after the checkpoint folder, so a save cut short leaves the
-previous checkpoint in charge.
+previous checkpoint in charge. A stage starts from `train.init_from` (the previous stage's
+model.safetensors); each stage ends by exporting its single-device weights to
+`<run>/model.safetensors`, with the model config and layout, for inference without DeepSpeed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +35,15 @@ from loong_dist.config import Config
 from loong_dist.data.loader import TokenLoader
 from loong_dist.data.shards import ShardIndex
 from loong_dist.io.storage import Storage
+from loong_dist.errors import ConfigError
+from loong_dist.models.ar.checkpoint import load_model, read_model_meta, save_model
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
 from loong_dist.models.ar.sizes import flops_per_token
+from loong_dist.models.losses import combine, frame_groups, frame_sums, group_counts, group_sums
 from loong_dist.parallel.engine import build_engine, build_model
 from loong_dist.parallel.process_groups import ParallelGroups
+from loong_dist.train.checkpoint_mirror import download_latest, publish_latest, upload_tag
+from loong_dist.train.telemetry import plot_frame_losses
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +56,10 @@ class StepStats:
     tokens: int
     """Input positions processed this step on all ranks (padding excluded)."""
     seconds: float
+    frame_loss: list[float | None] = field(default_factory=list)
+    """Mean loss per latent-frame index over the global batch (None: no such frame this step)."""
+    plain_loss: float = 0.0
+    """The plain token mean of the step (equals `loss` under loss.mode=token_mean)."""
 
 
 def layout_from_index(index: ShardIndex, vocab_multiple: int) -> VocabLayout:
@@ -63,6 +81,36 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def model_file(init_from: str) -> Path:
+    """`train.init_from` as a model file: the path itself, or <run folder>/model.safetensors."""
+    path = Path(init_from)
+    return path / "model.safetensors" if path.is_dir() else path
+
+
+@torch.no_grad()
+def full_state_dict(engine, model: torch.nn.Module, groups: ParallelGroups) -> dict[str, torch.Tensor]:
+    """The single-device fp32 state dict, from DeepSpeed's fp32 master weights where it keeps them
+    (ZeRO 1-3, bf16): gathered over the data-parallel shards by DeepSpeed, then over the
+    tensor-parallel shards here. A collective: every rank calls it."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    from loong_dist.parallel.tensor_parallel import shard_dim
+
+    out = {}
+    for name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            key = f"{name}.{pname}" if name else pname
+            t = safe_get_full_fp32_param(param)
+            t = (param if t is None else t).detach().float()
+            dim = shard_dim(module) if groups.tp_size > 1 else None
+            if dim is not None and pname == "weight":
+                parts = [torch.empty_like(t) for _ in range(groups.tp_size)]
+                dist.all_gather(parts, t.contiguous(), group=groups.tp_group)
+                t = torch.cat(parts, dim=dim)
+            out[key] = t.cpu().clone()
+    return out
+
+
 class Trainer:
     def __init__(self, cfg: Config, groups: ParallelGroups, storage: Storage | None = None):
         self.cfg, self.groups = cfg, groups
@@ -74,11 +122,23 @@ class Trainer:
         self.layout = layout_from_index(index, cfg.model.vocab_multiple)
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(cfg.model, self.layout.padded_vocab_size, groups, cfg.parallel)
+        if cfg.train.init_from:
+            self._init_weights(model_file(cfg.train.init_from))
         self.engine = build_engine(self.model, cfg, groups)
+        if cfg.train.init_from and cfg.train.init_optimizer:
+            self._init_optimizer(Path(cfg.train.init_from))
         self.loader = TokenLoader(index, self.layout, cfg.train.token_budget, groups.dp_rank, groups.dp_size,
-                                  cfg.run.seed, cfg.train.latent_frames or None, self.storage, cfg.train.loader_workers)
+                                  cfg.run.seed, cfg.train.latent_frames or None, self.storage, cfg.train.loader_workers,
+                                  cfg.train.mix or None, cfg.train.caption_dropout)
+        if cfg.loss.mode == "frame_groups":
+            self.boundaries, self.weights = list(cfg.loss.boundaries), list(cfg.loss.weights)
+        else:  # one group: the plain token mean
+            self.boundaries, self.weights = [], [1.0]
+        self.n_frames = max(self.loader.sampler.buckets)  # telemetry: latent frames of the longest bucket
         self.step = 0
         self.is_main = (not dist.is_initialized()) or dist.get_rank() == 0
+        self.node_main = int(os.environ.get("LOCAL_RANK", 0)) == 0  # one rank per node moves files
+        self._tb = None
         if self.is_main:
             self.padding = self.loader.padding_report()
             buckets = {f: b.micro_batch for f, b in self.loader.sampler.buckets.items()}
@@ -87,6 +147,36 @@ class Trainer:
                      self.padding["naive_batch_size"])
             (self.out / "padding.json").write_text(json.dumps(dict(self.padding, micro_batch=buckets)) + "\n")
 
+    # -- stage start ---------------------------------------------------------------------------
+
+    def _init_weights(self, path: Path) -> None:
+        """Start from the previous stage's exported weights (split into this rank's TP shard)."""
+        cfg, layout, extra = read_model_meta(path)
+        if layout != self.layout:
+            raise ConfigError(f"config: train.init_from={str(path)!r}: trained with layout {layout}, these shards "
+                              f"need {self.layout}")
+        full, _ = load_model(path)
+        state = full.state_dict()
+        if self.groups.tp_size > 1:
+            from loong_dist.parallel.tensor_parallel import load_sharded
+            load_sharded(self.model, state, self.groups)
+        else:
+            try:
+                self.model.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ConfigError(f"config: train.init_from={str(path)!r}: weights do not fit model "
+                                  f"{self.cfg.model.size} ({str(e).splitlines()[1].strip()})") from None
+        log.info("initialised from %s (%s)", path, extra)
+
+    def _init_optimizer(self, run: Path) -> None:
+        """Also take the previous stage's optimizer state (its latest DeepSpeed checkpoint); the
+        learning-rate schedule starts afresh."""
+        ckpt = run / "checkpoints"
+        if not (ckpt / "latest").exists():
+            raise ConfigError(f"config: train.init_optimizer=true needs train.init_from to be a run folder with "
+                              f"checkpoints; {ckpt}/latest does not exist")
+        self.engine.load_checkpoint(str(ckpt), load_optimizer_states=True, load_lr_scheduler_states=False)
+
     # -- checkpoints ---------------------------------------------------------------------------
 
     def save(self) -> None:
@@ -94,14 +184,33 @@ class Trainer:
         client = {"step": self.step, "loader": self.loader.state_dict(), "rng": rng_state(),
                   "layout": vars(self.layout)}
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client)
+        uri = self.cfg.train.checkpoint_uri
+        if uri:  # every node uploads what its ranks wrote; `latest` goes last, once all are up
+            self._barrier()
+            if self.node_main:
+                upload_tag(self.storage, self.ckpt_dir, uri, tag)
+            self._barrier()
+            if self.is_main:
+                publish_latest(self.storage, uri, tag, self.cfg.train.keep_checkpoints)
         if self.is_main:
             tags = sorted(p.name for p in self.ckpt_dir.glob("step*") if p.is_dir())
             for old in tags[:-self.cfg.train.keep_checkpoints]:
                 shutil.rmtree(self.ckpt_dir / old, ignore_errors=True)
-        log.info("checkpoint %s saved", tag)
+        log.info("checkpoint %s saved%s", tag, f" and mirrored to {uri}" if uri else "")
+
+    def _barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
 
     def resume(self) -> bool:
-        """Load the latest checkpoint in the run folder, if any."""
+        """Load the latest checkpoint in the run folder (or, with none there, in checkpoint_uri)."""
+        uri = self.cfg.train.checkpoint_uri
+        if uri:
+            if self.node_main and not (self.ckpt_dir / "latest").exists():
+                tag = download_latest(self.storage, uri, self.ckpt_dir)
+                if tag:
+                    log.info("checkpoint %s downloaded from %s", tag, uri)
+            self._barrier()
         if not (self.ckpt_dir / "latest").exists():
             return False
         path, client = self.engine.load_checkpoint(str(self.ckpt_dir))
@@ -113,29 +222,87 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
+    def export(self) -> Path:
+        """Write <run>/model.safetensors: single-device fp32 weights + model config + layout."""
+        state = full_state_dict(self.engine, self.model, self.groups)
+        path = self.out / "model.safetensors"
+        if self.is_main:
+            save_model(state, self.cfg.model, self.layout, path,
+                       {"step": self.step, "run": str(self.out), "init_from": self.cfg.train.init_from,
+                        "loss_mode": self.cfg.loss.mode})
+            log.info("exported %s", path)
+        if dist.is_initialized():  # the next stage may start in these same processes
+            dist.barrier()
+        return path
+
     # -- the loop ------------------------------------------------------------------------------
+
+    def _dp_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if dist.is_initialized() and self.groups.dp_size > 1:
+            dist.all_reduce(t, group=self.groups.dp_group)
+        return t
 
     def train_step(self) -> StepStats:
         start = time.perf_counter()
-        losses, tokens = [], 0
+        losses, plain, tokens = [], [], 0
+        n = len(self.weights)
+        # loss sums, token counts per latent frame: (2, n_frames)
+        frames = torch.zeros(2, self.n_frames, dtype=torch.float64, device=self.groups.device)
         for _ in range(self.cfg.optim.grad_accum_steps):
             batch = {k: v.to(self.groups.device) for k, v in next(self.loader).items()}
-            valid = batch["targets"] != IGNORE
             per_token = self.engine(batch["tokens"], batch["targets"])  # (b, s), 0 where ignored
-            loss = per_token.sum() / valid.sum().clamp(min=1)
+            group = frame_groups(batch["frame"], self.boundaries)  # (b, s), -1 where ignored
+            # Token counts of the global batch, so each group mean is over all data-parallel ranks.
+            counts = self._dp_sum(group_counts(group, n))
+            loss = combine(group_sums(per_token, group, n), counts, self.weights) * self.groups.dp_size
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach())
+            valid = (batch["targets"] != IGNORE).sum().clamp(min=1)
+            plain.append(per_token.detach().sum() / valid)
+            sums, cnt = frame_sums(per_token, batch["frame"], self.n_frames)
+            frames += torch.stack([sums, cnt])
             tokens += int((batch["tokens"] != self.layout.pad_id).sum())
-        loss = torch.stack(losses).mean()
+        loss, plain_loss = torch.stack(losses).mean(), torch.stack(plain).mean()
         if dist.is_initialized():  # the mean over data-parallel ranks, for logging
-            dist.all_reduce(loss, group=self.groups.dp_group)
-            loss /= self.groups.dp_size
-            t = torch.tensor(tokens, device=loss.device)
-            dist.all_reduce(t, group=self.groups.dp_group)
+            both = self._dp_sum(torch.stack([loss, plain_loss]).float()) / self.groups.dp_size
+            loss, plain_loss = both[0], both[1]
+            frames = self._dp_sum(frames)
+            t = self._dp_sum(torch.tensor(tokens, device=loss.device))
             tokens = int(t)
+        per_frame = [float(s / c) if c > 0 else None for s, c in zip(frames[0].tolist(), frames[1].tolist())]
         self.step += 1
-        return StepStats(self.step, float(loss), float(self.engine.get_lr()[0]), tokens, time.perf_counter() - start)
+        return StepStats(self.step, float(loss), float(self.engine.get_lr()[0]), tokens, time.perf_counter() - start,
+                         per_frame, float(plain_loss))
+
+    def _log_metrics(self, stats: StepStats, metrics: Path) -> None:
+        with open(metrics, "a") as f:
+            f.write(json.dumps(vars(stats)) + "\n")
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=stats.step)
+        self._tb.add_scalar("loss/train", stats.loss, stats.step)
+        self._tb.add_scalar("loss/token_mean", stats.plain_loss, stats.step)
+        self._tb.add_scalar("lr", stats.lr, stats.step)
+        for i, v in enumerate(stats.frame_loss):
+            if v is not None:
+                self._tb.add_scalar(f"loss/frame_{i}", v, stats.step)
+
+    def _trim_metrics(self, metrics: Path) -> None:
+        """Drop metric lines past the step this run continues from (a run killed after its last
+        checkpoint logged steps that it will now train again)."""
+        if not metrics.exists():
+            return
+        keep = []
+        for line in metrics.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    keep.append(line)
+            except ValueError:  # a line torn by the kill
+                continue
+        tmp = metrics.with_name(metrics.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(metrics)
 
     def fit(self, steps: int | None = None, on_step=None) -> list[StepStats]:
         steps = steps or self.cfg.optim.steps
@@ -144,14 +311,15 @@ class Trainer:
         flops = flops_per_token(m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim, self.layout.padded_vocab_size,
                                 self.loader.sampler.buckets[max(self.loader.sampler.buckets)].max_len)
         metrics = self.out / "metrics.jsonl"
+        if self.is_main:
+            self._trim_metrics(metrics)
         while self.step < steps:
             stats = self.train_step()
             history.append(stats)
             if on_step is not None:
                 on_step(stats)
             if self.is_main:
-                with open(metrics, "a") as f:
-                    f.write(json.dumps(vars(stats)) + "\n")
+                self._log_metrics(stats, metrics)
                 if stats.step % self.cfg.run.log_every == 0 or stats.step == steps:
                     log.info("step %d/%d loss %.4f lr %.2e %.0f tokens/s (~%.2f TFLOP/s)", stats.step, steps,
                              stats.loss, stats.lr, stats.tokens / stats.seconds,
@@ -160,4 +328,10 @@ class Trainer:
                 self.save()
         if not self.cfg.train.save_every or self.step % self.cfg.train.save_every:
             self.save()
+        if self.step >= self.cfg.optim.steps:  # the stage is done: weights for the next stage / inference
+            self.export()
+            if self.is_main:
+                plot_frame_losses(metrics, self.out / "frame_loss.png", self.out.name)
+        if self._tb is not None:
+            self._tb.flush()
         return history
