@@ -1,10 +1,13 @@
 """Train the AR transformer on token shards with DeepSpeed ZeRO (+ megatron tensor parallelism).
 
     python -m jobs.train --config configs/....yaml --shards DIR|s3://... [--nproc 2] [key=value ...]
+    ray job submit --working-dir . -- python -m jobs.train --config ... --num-workers 16
 
-Under a launcher that sets RANK/WORLD_SIZE (torchrun, Ray Train) each process runs one rank.
-Started plainly, it spawns `--nproc` local ranks (gloo on CPU, NCCL on GPUs). A run started again
-with the same output folder resumes from its latest checkpoint.
+Under a launcher that sets RANK/WORLD_SIZE (torchrun) each process runs one rank. With
+`--num-workers N` the ranks are Ray Train workers (TorchTrainer: one per GPU, or CPU workers) on
+the cluster of RAY_ADDRESS (set by `ray job submit`), or on a local Ray. Started plainly, it spawns
+`--nproc` local ranks (gloo on CPU, NCCL on GPUs). A run started again with the same output folder
+resumes from its latest checkpoint; a stage starts from `train.init_from` (the previous stage's run).
 """
 
 from __future__ import annotations
@@ -20,34 +23,44 @@ ALIASES = {"--shards": "train.shards", "--out": "run.out_dir", "--steps": "optim
 
 
 def run_rank(cfg: Config) -> None:
+    import torch.distributed as dist
+
     from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
     from loong_dist.train.trainer import Trainer
 
     setup_process()  # a spawned rank starts without the parent's logging
     backend = None if cfg.parallel.backend == "auto" else cfg.parallel.backend
+    launcher_group = dist.is_initialized()  # Ray Train made the process group and tears it down
     groups = init_parallel(cfg.parallel.tp, backend)
     try:
         trainer = Trainer(cfg, groups)
         trainer.resume()
         trainer.fit()
     finally:
-        destroy_parallel()
+        destroy_parallel(keep_process_group=launcher_group)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser("python -m jobs.train", __doc__.splitlines()[0], ALIASES,
                         sections=("train", "model", "parallel", "optim", "run"))
     parser.add_argument("--nproc", type=int, default=1, help="local ranks to spawn when not under a launcher")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="Ray Train workers (one per GPU; CPU workers without GPUs); 0: no Ray")
     args = parser.parse_args(argv)
     cfg = resolve_config(args, ALIASES)
     if not cfg.train.shards:
         raise ConfigError("config: train.shards is empty: pass --shards DIR (written by data_prep.pretokenize)")
-    if "RANK" in os.environ:  # torchrun / Ray Train: this process is one rank
+    if "RANK" in os.environ:  # torchrun: this process is one rank
         run_rank(cfg)
         return 0
-    if args.nproc % cfg.parallel.tp:
-        raise ConfigError(f"config: parallel.tp={cfg.parallel.tp} does not divide --nproc {args.nproc}")
+    ranks = args.num_workers or args.nproc
+    if ranks % cfg.parallel.tp:
+        raise ConfigError(f"config: parallel.tp={cfg.parallel.tp} does not divide the {ranks} ranks")
     save_config(cfg, os.path.join(cfg.run.out_dir, "config.yaml"))
+    if args.num_workers:
+        from loong_dist.train.launch import launch_ray
+        launch_ray(run_rank, cfg, args.num_workers)
+        return 0
     log.info("training with %d local rank(s) -> %s", args.nproc, cfg.run.out_dir)
     launch_local(run_rank, args.nproc, cfg)
     return 0

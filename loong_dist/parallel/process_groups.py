@@ -64,12 +64,14 @@ def init_parallel(tp_size: int = 1, backend: str | None = None) -> ParallelGroup
         device=device)
 
 
-def destroy_parallel() -> None:
+def destroy_parallel(keep_process_group: bool = False) -> None:
+    """Tear down megatron's groups and torch.distributed; `keep_process_group`: leave the default
+    process group to the launcher that created it (Ray Train destroys its own)."""
     from megatron.core import parallel_state
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
-    if dist.is_initialized():
+    if dist.is_initialized() and not keep_process_group:
         dist.destroy_process_group()
 
 
