@@ -385,6 +385,20 @@ class TrainConfig:
     """Tokens per rank per micro-batch; each length bucket's micro-batch size is budget // its longest sequence."""
     latent_frames: list[int] = field(default_factory=list)
     """Train only on samples with these latent-frame counts (empty: all)."""
+    mix: list[float] = field(default_factory=list)
+    """Share of steps drawn from each entry of `latent_frames`, in order (normalised); empty: each
+    bucket in proportion to its samples (one pass over the data per epoch)."""
+    caption_dropout: float = 0.0
+    """Probability that a sample's caption is replaced by the empty text (`<s> <bov>`), so the model
+    also learns the unconditional stream that classifier-free guidance needs."""
+    init_from: str = ""
+    """Weights a new run starts from: a model.safetensors, or a run folder holding one (the previous
+    stage). Ignored once the run has a checkpoint of its own (a resume wins)."""
+    init_optimizer: bool = False
+    """With `init_from` a run folder: also take its latest DeepSpeed optimizer state (else fresh)."""
+    checkpoint_uri: str = ""
+    """s3:// prefix (or folder) mirroring run.out_dir/checkpoints: each checkpoint is uploaded after it
+    is saved, and a run with no local checkpoint resumes from the mirror's latest (empty: local only)."""
     save_every: int = 100
     """Optimizer steps between two checkpoints (0: only at the end)."""
     keep_checkpoints: int = 2
@@ -397,6 +411,33 @@ class TrainConfig:
         _check(self.save_every >= 0, "train.save_every", self.save_every, "must be >= 0")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
         _check(self.loader_workers >= 1, "train.loader_workers", self.loader_workers, "must be >= 1")
+        _check(not self.mix or (len(self.mix) == len(self.latent_frames) and min(self.mix) >= 0
+                                and sum(self.mix) > 0), "train.mix", self.mix,
+               "needs one share >= 0 per train.latent_frames entry, not all 0")
+        _check(0.0 <= self.caption_dropout <= 1.0, "train.caption_dropout", self.caption_dropout, "must be in [0, 1]")
+
+
+@dataclass
+class LossConfig:
+    """Loong's loss re-weighting (loong_dist/models/losses.py): targets grouped by latent frame, each
+    group averaged over its tokens (over the global batch), the group means combined with weights."""
+
+    mode: Literal["token_mean", "frame_groups"] = "token_mean"
+    """token_mean: the plain mean over video tokens; frame_groups: the weighted mean of group means."""
+    boundaries: list[int] = field(default_factory=lambda: [1, 5])
+    """Latent-frame indices where a new group starts. [1, 5]: the first frame / the rest of a
+    17-frame clip (latent frames 1-4) / the rest of a long clip (5 on)."""
+    weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """Weight of each group's mean loss, one per group (len(boundaries) + 1); normalised over the
+    groups present in a batch."""
+
+    def __post_init__(self):
+        _check(all(b >= 1 for b in self.boundaries) and self.boundaries == sorted(set(self.boundaries)),
+               "loss.boundaries", self.boundaries, "must be ascending latent-frame indices >= 1")
+        _check(len(self.weights) == len(self.boundaries) + 1, "loss.weights", self.weights,
+               f"needs {len(self.boundaries) + 1} weights (one per group of loss.boundaries={self.boundaries})")
+        _check(min(self.weights) >= 0 and sum(self.weights) > 0, "loss.weights", self.weights,
+               "must be >= 0, not all 0")
 
 
 @dataclass
@@ -409,8 +450,15 @@ class TokenizerTrainConfig:
     """Training clips decoded once into the clip bank (uint8, kept in the run folder)."""
     eval_clips: int = 16
     """Held-out clips evaluated every eval_every steps."""
+    manifest_shares: list[float] = field(default_factory=list)
+    """Share of the bank's clips drawn from each of `manifests`, in order (normalised); empty: one
+    round-robin over all their entries, so a manifest's share follows its entry count."""
     frames: int = 17
     """Frames per training clip (1 + 4k)."""
+    crop: int = 0
+    """Side of the random square crop each training clip is cut to (pixels, multiple of 8; 0: the
+    whole frame). The model is fully convolutional, so it trains on crops and runs on full frames;
+    a 64 px crop costs a quarter of a 128 px frame, for four times the optimizer steps."""
     l1_weight: float = 1.0
     """Weight of the L1 reconstruction loss (pixels in [-1, 1])."""
     l2_weight: float = 1.0
@@ -427,11 +475,68 @@ class TokenizerTrainConfig:
         _check(self.eval_clips >= 0, "tokenizer_train.eval_clips", self.eval_clips, "must be >= 0")
         _check(self.frames >= 1 and (self.frames - 1) % 4 == 0, "tokenizer_train.frames", self.frames,
                "must be 1 + 4k")
+        _check(not self.manifest_shares or (len(self.manifest_shares) == len(self.manifests)
+                                            and min(self.manifest_shares) >= 0 and sum(self.manifest_shares) > 0),
+               "tokenizer_train.manifest_shares", self.manifest_shares,
+               "needs one share >= 0 per manifest, not all 0")
+        _check(self.crop >= 0 and self.crop % 8 == 0, "tokenizer_train.crop", self.crop,
+               "must be 0 (whole frame) or a positive multiple of 8")
         _check(self.l1_weight >= 0 and self.l2_weight >= 0 and self.l1_weight + self.l2_weight > 0,
                "tokenizer_train.l1_weight", self.l1_weight, "L1 and L2 weights must be >= 0, not both 0")
         _check(self.fsq_bound_weight >= 0, "tokenizer_train.fsq_bound_weight", self.fsq_bound_weight, "must be >= 0")
         _check(self.eval_every >= 1, "tokenizer_train.eval_every", self.eval_every, "must be >= 1")
         _check(self.save_every >= 1, "tokenizer_train.save_every", self.save_every, "must be >= 1")
+
+
+@dataclass
+class GenerateConfig:
+    """jobs.generate: sampling and long-video extension (Loong). The frame rate and frame size
+    come from `data.fps` and `data.size`; the longest prompt from `text.max_text_tokens`."""
+
+    seconds: float = 10.0
+    """Length of each generated video (seconds at data.fps)."""
+    temperature: float = 1.0
+    """Softmax temperature of the video-token draws (0: greedy)."""
+    top_k: int = 100
+    """Draw among the k most likely codes only (0: off). Loong: a small k against error build-up
+    over a minute of tokens; 100 of 64,000 codes is our choice, not the paper's (unpublished)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1: off), applied after top_k."""
+    cfg_scale: float = 1.0
+    """Classifier-free guidance scale: logits u + s (c - u), u from an empty caption (1: off, no
+    unconditional rows). Worth > 1 only for models trained with caption dropout."""
+    window_latent_frames: int = 5
+    """Latent frames per generated clip, the conditioning tail included (5: 17 frames, the stage-2
+    clip length; 17 for a model trained on 65-frame clips). The context never grows beyond it."""
+    overlap_latent_frames: int = 2
+    """Latent frames of the previous clip's tail that condition each extension (2: its last 5
+    pixel frames, the first of them re-encoded alone as an image)."""
+    reencode: bool = True
+    """Decode the tail to pixels and encode it again as the start of a fresh clip before it
+    conditions the next one (Loong's video-token re-encoding); off: reuse the generated ids."""
+    batch_size: int = 4
+    """Prompts generated together (each with its unconditional row when cfg_scale != 1)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Transformer weights and activations during generation."""
+    tokenizer_bf16: bool = True
+    """Video tokenizer encode/decode under bfloat16 autocast (as pretokenize.bf16 for training)."""
+    device: str = "auto"
+    """torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1."""
+    strip_frames: int = 8
+    """Frames in the PNG strip written beside each video."""
+
+    def __post_init__(self):
+        _check(self.seconds > 0, "generate.seconds", self.seconds, "must be > 0")
+        _check(self.temperature >= 0, "generate.temperature", self.temperature, "must be >= 0")
+        _check(self.top_k >= 0, "generate.top_k", self.top_k, "must be >= 0 (0: off)")
+        _check(0 < self.top_p <= 1, "generate.top_p", self.top_p, "must be in (0, 1]")
+        _check(self.cfg_scale >= 0, "generate.cfg_scale", self.cfg_scale, "must be >= 0")
+        _check(self.window_latent_frames >= 2, "generate.window_latent_frames", self.window_latent_frames,
+               "must be >= 2 (a tail to condition on and at least one new latent frame)")
+        _check(1 <= self.overlap_latent_frames < self.window_latent_frames, "generate.overlap_latent_frames",
+               self.overlap_latent_frames, f"must be in [1, window_latent_frames={self.window_latent_frames})")
+        _check(self.batch_size >= 1, "generate.batch_size", self.batch_size, "must be >= 1")
+        _check(self.strip_frames >= 1, "generate.strip_frames", self.strip_frames, "must be >= 1")
 
 
 @dataclass
@@ -460,10 +565,14 @@ class Config:
     """AdamW, schedule, clipping, accumulation."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Training data, batching and checkpoints."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss re-weighting by latent-frame groups."""
     tokenizer_train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
     """Video tokenizer training (jobs.train_tokenizer)."""
     pretokenize: PretokenizeConfig = field(default_factory=PretokenizeConfig)
     """Offline tokenization of a manifest into token shards on Ray (data_prep.pretokenize)."""
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    """Sampling and long-video extension (jobs.generate)."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ def test_comma_list_from_flag():
     (["storage.retry_mode=fast"], "storage.retry_mode='fast': must be one of 'legacy', 'standard', 'adaptive'"),
     (["storage.endpoint_url=localhost:9000"], "must start with http:// or https://"),
     (["run.seed"], "'run.seed' is not of the form section.key=value"),
+    (["tokenizer_train.manifests=[a,b]", "tokenizer_train.manifest_shares=[1]"],
+     "tokenizer_train.manifest_shares=[1.0]: needs one share >= 0 per manifest, not all 0"),
+    (["tokenizer_train.crop=60"], "tokenizer_train.crop=60: must be 0 (whole frame) or a positive multiple of 8"),
 ])
 def test_bad_overrides_name_key_and_value(override, message):
     with pytest.raises(ConfigError) as e:
