@@ -1,17 +1,24 @@
 """The main job: the Loong pipeline end to end on one machine, on the embedded defaults.
 
-    python -m jobs.quickstart --out runs/demo [--size tiny|small] [--force] [section.key=value ...]
+    python -m jobs.quickstart --out runs/demo [--size tiny|small] [--train-tokenizer] [--s3 s3://bucket/prefix]
+        [--force] [section.key=value ...]
 
 Each step is the job a cluster user submits (`python -m data_prep.samples ...`), run as its own
 process with a demo-sized config: configs/demo/<size>.yaml for the data steps (or --config),
-<size>_tokenizer.yaml for the video tokenizer, <size>_lm.yaml for the transformer; key=value
-overrides on this command line go to every step. A step that finished before (its `.done` file is
-in the run folder) is skipped unless --force is given, so the job can be re-run after an
-interruption. Steps whose issue has not landed yet are listed as such at the end.
+<size>_tokenizer.yaml for the video tokenizer, <size>_stage{1,2,3}.yaml for the transformer's
+stages; key=value overrides on this command line go to every step. A step that finished before
+(its `.done` file is in the run folder) is skipped unless --force is given, so the job can be
+re-run after an interruption.
 
-Steps: real sample videos -> synthetic clips -> text tokenizer -> video tokenizer (a short run; no
-shipped checkpoint yet) -> Ray pre-tokenization into shards -> transformer training (2 ranks,
-DeepSpeed ZeRO-1) -> tokenizer evaluation on the held-out clips.
+Steps: real sample videos -> synthetic clips -> text tokenizer -> video tokenizer (the shipped
+checkpoint, checkpoints/tokenizer_cpu/; --train-tokenizer trains one instead) -> Ray
+pre-tokenization into shards -> Loong stages 1-3 (images, 17-frame clips, 65-frame clips; 2 ranks,
+DeepSpeed ZeRO-1, each stage from the previous one's weights) -> the stage-2 recipe again with the
+plain token mean (the re-weighting ablation) -> 60 s videos for held-out synthetic prompts ->
+tokenizer and generation evaluation -> report.html.
+
+With --s3 the token shards are written to and trained from that S3 prefix instead of the run folder
+(AWS_ENDPOINT_URL and credentials from the environment, as on a cluster).
 """
 
 from __future__ import annotations
@@ -29,9 +36,14 @@ from loong_dist.errors import UserError
 
 ALIASES = {"--out": "run.out_dir"}
 CONFIGS = PROJECT_ROOT / "configs" / "demo"
-# The rest of the pipeline (DESIGN.md "Data flow"), until each lands.
-NOT_YET_BUILT = ["Loong stage recipe (stages 1-3, loss re-weighting)", "jobs.generate (60 s videos)",
-                 "report.html"]
+SHIPPED_TOKENIZER = PROJECT_ROOT / "checkpoints" / "tokenizer_cpu" / "tokenizer.safetensors"
+"""The video tokenizer the project ships (its model card is beside it)."""
+STAGES = ["stage1", "stage2", "stage3"]
+"""Loong's progressive stages: configs/demo/<size>_<stage>.yaml, each from the previous one's weights."""
+ABLATION = "stage2_plain"
+"""Stage 2 again with the plain token mean, from the same stage-1 weights: the re-weighting ablation."""
+PROMPTS = 3
+"""Held-out synthetic captions the demo generates videos for."""
 
 
 @dataclass
@@ -48,29 +60,48 @@ class Step:
     """Its own key=value items (the user's come after them)."""
 
 
-def plan(out: Path, size: str, data_config: str) -> list[Step]:
+def plan(out: Path, size: str, data_config: str, train_tokenizer: bool, shards: str) -> list[Step]:
     def cfg(suffix: str = "") -> str:
         return data_config if not suffix else str(CONFIGS / f"{size}{suffix}.yaml")
 
     train_manifests = f"{out / 'samples' / 'train.jsonl'},{out / 'synthetic' / 'manifest.jsonl'}"
-    tokenizer = str(out / "tokenizer" / "tokenizer.safetensors")
+    tokenizer = str(out / "tokenizer" / "tokenizer.safetensors") if train_tokenizer else str(SHIPPED_TOKENIZER)
     text_model = str(out / "text_tokenizer" / "text.model")
-    return [
+    steps = [
         Step("samples", "data_prep.samples", cfg(), ["--out", str(out / "samples")]),
         Step("synthetic", "data_prep.synthetic", cfg(), ["--out", str(out / "synthetic")]),
         Step("text_tokenizer", "data_prep.text_tokenizer", cfg(),
              ["--manifest", str(out / "train_manifest.jsonl"), "--out", text_model]),
-        Step("tokenizer", "jobs.train_tokenizer", cfg("_tokenizer"),
-             ["--out", str(out / "tokenizer"), "--manifest", train_manifests,
-              "--eval-manifest", str(out / "samples" / "held_out.jsonl")]),
-        Step("shards", "data_prep.pretokenize", cfg(),
-             ["--manifest", str(out / "train_manifest.jsonl"), "--tokenizer", tokenizer, "--text-tokenizer", text_model,
-              "--out", str(out / "shards")], ("pretokenize.progress=false",)),
-        Step("lm", "jobs.train", cfg("_lm"), ["--shards", str(out / "shards"), "--out", str(out / "lm"), "--nproc", "2"]),
+    ]
+    if train_tokenizer:
+        steps.append(Step("tokenizer", "jobs.train_tokenizer", cfg("_tokenizer"),
+                          ["--out", str(out / "tokenizer"), "--manifest", train_manifests,
+                           "--eval-manifest", str(out / "samples" / "held_out.jsonl")]))
+    steps.append(Step("shards", "data_prep.pretokenize", cfg(),
+                      ["--manifest", str(out / "train_manifest.jsonl"), "--tokenizer", tokenizer,
+                       "--text-tokenizer", text_model, "--out", shards], ("pretokenize.progress=false",)))
+    previous = None
+    for stage in STAGES:
+        init = (f"train.init_from={out / previous}",) if previous else ()
+        steps.append(Step(stage, "jobs.train", cfg(f"_{stage}"),
+                          ["--shards", shards, "--out", str(out / stage), "--nproc", "2"], init))
+        previous = stage
+    steps.append(Step(ABLATION, "jobs.train", cfg("_stage2"),
+                      ["--shards", shards, "--out", str(out / ABLATION), "--nproc", "2"],
+                      (f"train.init_from={out / 'stage1'}", "loss.mode=token_mean")))
+    steps += [
+        Step("generate", "jobs.generate", cfg("_stage3"),
+             ["--checkpoint", str(out / STAGES[-1] / "model.safetensors"), "--tokenizer", tokenizer,
+              "--text-tokenizer", text_model, "--prompts-file", str(out / "prompts.jsonl"),
+              "--out", str(out / "generate" / "videos.mp4")]),
+        Step("generation_eval", "jobs.evaluate", cfg("_stage3"),
+             ["generation", "--videos", str(out / "generate" / "videos.json"), "--tokenizer", tokenizer,
+              "--out", str(out / "generation_eval")]),
         Step("tokenizer_eval", "jobs.evaluate", cfg(),
              ["tokenizer", "--checkpoint", tokenizer, "--manifest", str(out / "samples" / "held_out.jsonl"),
               "--out", str(out / "tokenizer_eval"), "--clips", "15"]),
     ]
+    return steps
 
 
 def _before(step: Step, out: Path) -> None:
@@ -79,26 +110,47 @@ def _before(step: Step, out: Path) -> None:
         from loong_dist.data.manifest import concat_manifests
         concat_manifests([str(out / "samples" / "train.jsonl"), str(out / "synthetic" / "manifest.jsonl")],
                          str(out / "train_manifest.jsonl"))
+    if step.name == "generate":  # captions of held-out synthetic clips (never trained on), moving ones first
+        from loong_dist.data.manifest import read_manifest
+        held = [e for e in read_manifest(str(out / "synthetic" / "manifest.jsonl"))[0]
+                if e.extra.get("split") == "held_out" and e.extra.get("attributes")]
+        held.sort(key=lambda e: e.extra["attributes"].get("motion") == "still")
+        if not held:
+            raise UserError(f"{out / 'synthetic' / 'manifest.jsonl'}: no held-out synthetic clip to take prompts "
+                            f"from (synthetic.held_out is 0?)")
+        with open(out / "prompts.jsonl", "w") as f:
+            for e in held[:PROMPTS]:
+                f.write(json.dumps({"prompt": e.caption, "attributes": e.extra["attributes"]}) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser("python -m jobs.quickstart", __doc__.splitlines()[0], ALIASES, sections=("run",))
     parser.add_argument("--size", choices=["tiny", "small"], default="tiny", help="demo size (configs/demo/SIZE.yaml)")
+    parser.add_argument("--train-tokenizer", action="store_true",
+                        help=f"train a video tokenizer (configs/demo/SIZE_tokenizer.yaml) instead of the shipped "
+                             f"{SHIPPED_TOKENIZER.relative_to(PROJECT_ROOT)}")
+    parser.add_argument("--s3", default=None, metavar="URI", help="write and read the token shards under this "
+                                                                  "s3://bucket/prefix instead of the run folder")
     parser.add_argument("--force", action="store_true", help="re-run steps that finished before")
+    command = "python -m jobs.quickstart " + " ".join(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.config is None:
         args.config = str(CONFIGS / f"{args.size}.yaml")
+    if args.s3 is not None and not args.s3.startswith("s3://"):
+        raise UserError(f"--s3 {args.s3!r}: expected an s3://bucket/prefix URI")
     cfg = resolve_config(args, ALIASES)
     out = Path(cfg.run.out_dir).resolve()
+    if not args.train_tokenizer and not SHIPPED_TOKENIZER.is_file():
+        raise UserError(f"{SHIPPED_TOKENIZER}: shipped video tokenizer not found; pass --train-tokenizer to train one")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    steps = plan(out, args.size, args.config)
-    timings = {}
+    shards = f"{args.s3.rstrip('/')}/shards" if args.s3 else str(out / "shards")
+    steps = plan(out, args.size, args.config, args.train_tokenizer, shards)
+    started = time.time()
     for i, step in enumerate(steps, start=1):
         done = out / step.name / ".done"
         if done.exists() and not args.force:
             log.info("[%d/%d] %s: done before, skipped (--force re-runs it)", i, len(steps), step.name)
-            timings[step.name] = json.loads(done.read_text()).get("wall_s")
             continue
         argv = [*step.args, "--config", step.config, *step.overrides, *args.overrides]
         if step.module == "jobs.evaluate":  # its target comes first
@@ -110,14 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode != 0:
             raise UserError(f"step {step.name} failed (exit code {proc.returncode}); "
                             f"finished steps are kept in {out}, re-run to continue")
-        timings[step.name] = round(time.time() - start, 1)
+        wall = round(time.time() - start, 1)
         done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps({"module": step.module, "args": argv, "wall_s": timings[step.name]}))
+        done.write_text(json.dumps({"module": step.module, "args": argv, "wall_s": wall}))
+        log.info("[%d/%d] %s: done in %.0f s (%.1f min since the start)", i, len(steps), step.name, wall,
+                 (time.time() - started) / 60)
 
-    summary = {"out": str(out), "steps": timings, "not_yet_built": NOT_YET_BUILT}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("done: %s", ", ".join(f"{k} {v} s" for k, v in timings.items()))
-    log.info("outputs in %s (summary.json); not built yet, so not run: %s", out, "; ".join(NOT_YET_BUILT))
+    from loong_dist.evaluation.report import write_report
+    page, summary = write_report(out, f"loong-dist demo ({args.size})", command,
+                                 stages=[*STAGES, ABLATION])
+    log.info("done: %s", ", ".join(f"{k} {v.get('wall_s')} s" for k, v in summary["steps"].items()))
+    log.info("report: %s (numbers in %s)", page, out / "summary.json")
     return 0
 
 

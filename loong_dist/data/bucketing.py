@@ -26,6 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from loong_dist.data.shards import SampleRef
+from loong_dist.errors import UserError
+
+
+class BucketError(UserError, ValueError):
+    """Shards and batching settings that cannot make a batch (a user error: one line, exit 2)."""
 
 
 def sequence_length(ref: SampleRef) -> int:
@@ -64,16 +69,19 @@ class BucketedBatchSampler:
                  seed: int = 0, frames: Sequence[int] | None = None, mix: Sequence[float] | None = None):
         self.refs = [r for r in refs if frames is None or r.latent_frames in frames]
         if not self.refs:
-            raise ValueError(f"no samples with latent frames in {list(frames or [])}")
+            raise BucketError(f"train.latent_frames={list(frames or [])}: the shards hold no sample with those latent "
+                              f"frame counts")
         self.token_budget = token_budget
         self.buckets = plan_buckets(self.refs, token_budget)
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.epoch, self.position = 0, 0
         self._plan: list[tuple[int, np.ndarray]] | None = None
         if not self.epoch_plan(0):
-            raise ValueError("too few samples for one global batch in any bucket: "
-                             + ", ".join(f"{b.latent_frames} latent frames: {b.size} samples, need "
-                                         f"{b.micro_batch * dp_size}" for b in self.buckets.values()))
+            raise BucketError(f"train.token_budget={token_budget}: too few samples for one global batch of "
+                              f"{dp_size} rank(s) in any bucket ("
+                              + ", ".join(f"{b.latent_frames} latent frames: {b.size} samples, need "
+                                          f"{b.micro_batch * dp_size}" for b in self.buckets.values())
+                              + "); lower the budget or add samples")
         self.mix: dict[int, float] = {}
         if mix:
             if frames is None or len(frames) != len(mix):
