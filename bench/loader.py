@@ -18,6 +18,7 @@ loader is compared with one rank's step (the demo runs two ranks, each consuming
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 
@@ -98,11 +99,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--codebook", type=int, default=64000, help="video codes (the default tokenizer's FSQ: 64,000)")
+    p.add_argument("--codebook", type=int, default=None, help="video codes; default: the product of tokenizer.fsq_levels")
     p.add_argument("--endpoint", default=None, help="S3 endpoint; default: a moto server on 127.0.0.1")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
+    args.codebook = args.codebook or math.prod(cfg.tokenizer.fsq_levels)
 
     server = None
     if args.endpoint is None:
@@ -122,8 +124,10 @@ def main() -> None:
             client.create_bucket(Bucket=bucket)
         storage, folder = Storage(cfg.storage), f"s3://{bucket}/shards"
         t0 = time.perf_counter()
-        write_demo_shards(storage, folder, args.samples, cfg.data.size, cfg.data.frames, args.codebook,
-                          cfg.text.vocab_size)
+        # The clip lengths whose sequences (video + the longest caption + specials) fit the model.
+        frames = [t for t in cfg.data.frames
+                  if (1 + (t - 1) // 4) * (cfg.data.size // 8) ** 2 + cfg.text.max_text_tokens + 3 <= cfg.model.max_seq_len]
+        write_demo_shards(storage, folder, args.samples, cfg.data.size, frames, args.codebook, cfg.text.vocab_size)
         write_s = time.perf_counter() - t0
         index = ShardIndex.load(folder, storage)
         layout = VocabLayout(text_vocab_size=cfg.text.vocab_size, codebook_size=args.codebook,
@@ -136,9 +140,10 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
-    print(f"shards: {args.samples} samples ({index.totals['video_tokens']} video tokens) on {args.endpoint}, "
+    print(f"shards: {args.samples} samples of {frames} frames at {cfg.data.size} px "
+          f"({index.totals['video_tokens']} video tokens) on {args.endpoint}, "
           f"written in {write_s:.1f} s; model {cfg.model.size}, {cfg.parallel.precision}, token budget "
-          f"{cfg.train.token_budget}, {torch.get_num_threads()} torch threads")
+          f"{cfg.train.token_budget}, codebook {args.codebook}, {torch.get_num_threads()} torch threads")
     print(f"loader ({args.workers} read threads, S3 ranged GETs): {load_tps:10.0f} tokens/s")
     print(f"training step (DeepSpeed, 1 rank):           {step_tps:10.0f} tokens/s")
     print(f"ratio loader / step: {load_tps / step_tps:.1f}x (target >= 5x)")
