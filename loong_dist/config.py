@@ -242,6 +242,10 @@ class ModelConfig:
     """Standard deviation of the weight initialisation; output projections are scaled by 1/sqrt(2 n_layers)."""
     vocab_multiple: int = 128
     """The vocabulary is padded to a multiple of this (tensor-parallel split, GPU tiles)."""
+    loss_chunk_tokens: int = 2048
+    """Output head + cross-entropy run this many tokens at a time, each chunk's logits recomputed in
+    the backward pass (0: all at once). Float32 logits over a 64k vocabulary take 256 KiB per token;
+    8,192 tokens at once would hold 2 GiB of logits, and as much again for their gradient."""
 
     def __post_init__(self):
         from loong_dist.models.ar.sizes import MODEL_SIZES
@@ -257,6 +261,7 @@ class ModelConfig:
         _check(self.n_heads % self.n_kv_heads == 0, "model.n_kv_heads", self.n_kv_heads,
                f"must divide model.n_heads={self.n_heads}")
         _check(self.max_seq_len >= 2, "model.max_seq_len", self.max_seq_len, "must be >= 2")
+        _check(self.loss_chunk_tokens >= 0, "model.loss_chunk_tokens", self.loss_chunk_tokens, "must be >= 0 (0: off)")
         _check(self.vocab_multiple >= 1, "model.vocab_multiple", self.vocab_multiple, "must be >= 1")
 
     @property

@@ -252,9 +252,19 @@ class Transformer(nn.Module):
             cache.pos += s
         if last_only:  # a prompt's prefill needs the next-token logits of its last position only
             x = x[:, -1:]  # (b, 1, h)
-        logits = self.lm_head(self.norm(x))  # (b, s, v)
+        h = self.norm(x)  # (b, s, h)
         if targets is None:
-            return logits
+            return self.lm_head(h)  # (b, s, v)
         valid = targets != IGNORE
-        loss = self.spec.cross_entropy(logits.float(), torch.where(valid, targets, 0))  # (b, s)
+        safe = torch.where(valid, targets, 0)
+        chunk = max(1, self.cfg.loss_chunk_tokens // b) if self.cfg.loss_chunk_tokens else s
+        if chunk >= s or not torch.is_grad_enabled():
+            loss = self._token_loss(h, safe)
+        else:  # one chunk's logits alive at a time; the backward recomputes them chunk by chunk
+            loss = torch.cat([checkpoint(self._token_loss, h[:, i:i + chunk], safe[:, i:i + chunk], use_reentrant=False)
+                              for i in range(0, s, chunk)], dim=1)
         return loss * valid
+
+    def _token_loss(self, h: Tensor, targets: Tensor) -> Tensor:
+        """(b, c, h) hidden states, (b, c) targets -> (b, c) cross-entropy, the logits in float32."""
+        return self.spec.cross_entropy(self.lm_head(h).float(), targets)

@@ -95,6 +95,26 @@ def test_activation_checkpointing_same_gradients(model):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_chunked_loss_same_losses_and_gradients():
+    """model.loss_chunk_tokens: the head and cross-entropy by chunks (recomputed in the backward)
+    give the losses and gradients of the whole sequence at once, padding (IGNORE) included."""
+    tokens = torch.randint(0, 384, (2, 25))
+    targets = torch.randint(0, 384, (2, 25))
+    targets[0, :7] = IGNORE
+    results = []
+    for chunk in (0, 12):  # 12 tokens over a batch of 2: chunks of 6 positions, the last one short
+        torch.manual_seed(0)
+        m = Transformer(ModelConfig(size="tiny", max_seq_len=64, loss_chunk_tokens=chunk), vocab_size=384)
+        loss = m(tokens, targets)
+        loss.sum().backward()
+        results.append((loss.detach(), [p.grad.clone() for p in m.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=0)
+    assert (loss_a[0, :7] == 0).all()
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # chunks sum the head gradient in another order
+
+
 def test_too_long_sequence(model):
     with pytest.raises(ValueError, match="exceeds model.max_seq_len=64"):
         model(torch.zeros(1, 65, dtype=torch.long))
