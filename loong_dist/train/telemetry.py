@@ -9,15 +9,10 @@ frame loss can be read against later frames, with and without re-weighting.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
-# Colour per latent frame: first frame red, then a blue ramp; later frames reuse the last colour.
-COLOURS = [(214, 39, 40), (31, 119, 180), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+from loong_dist.evaluation.plots import line_chart
 
 
 def read_frame_losses(metrics: str | Path) -> list[tuple[int, list[float | None]]]:
@@ -53,7 +48,8 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 def plot_frame_losses(metrics: str | Path, png: str | Path, title: str, max_lines: int = 8) -> Path | None:
     """Draw the per-frame loss curves of a metrics.jsonl (moving averages) into `png`. Frames past
-    `max_lines` - 1 are drawn as one curve: their mean."""
+    `max_lines` - 1 are drawn as one curve: their mean. Each label carries the mean of the last 20%
+    of that curve's steps."""
     rows = read_frame_losses(metrics)
     if not rows:
         return None
@@ -68,54 +64,14 @@ def plot_frame_losses(metrics: str | Path, png: str | Path, title: str, max_line
             if vals:
                 rest.append((s, sum(vals) / len(vals)))
         series.append((f"frames {max_lines - 1}-{n - 1}", rest))
-    series = [(name, pts) for name, pts in series if pts]
-
-    w, h, left, right, top, bottom = 900, 520, 70, 230, 40, 50
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    steps = [s for _, pts in series for s, _ in pts]
     window = max(1, len(rows) // 20)
-    smoothed = [(name, [p[0] for p in pts], _smooth([p[1] for p in pts], window)) for name, pts in series]
-    tails = [[v for _, v in pts[-max(1, len(pts) // 5):]] for _, pts in series]  # last 20% of each curve
-    ys = [v for _, _, vals in smoothed for v in vals]
-    x0, x1 = min(steps), max(max(steps), min(steps) + 1)
-    y0, y1 = min(ys), max(ys)
-    if math.isclose(y0, y1):
-        y0, y1 = y0 - 0.5, y1 + 0.5
-
-    def xy(step: float, loss: float) -> tuple[float, float]:
-        return (left + (step - x0) / (x1 - x0) * (w - left - right),
-                h - bottom - (loss - y0) / (y1 - y0) * (h - top - bottom))
-
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
-    for k in range(5):
-        v = y0 + (y1 - y0) * k / 4
-        _, y = xy(x0, v)
-        d.line([left - 4, y, left, y], fill="black")
-        d.text((5, y - 6), f"{v:.3f}", fill="black")
-    for k in range(5):
-        s = x0 + (x1 - x0) * k / 4
-        x, _ = xy(s, y0)
-        d.line([x, h - bottom, x, h - bottom + 4], fill="black")
-        d.text((x - 10, h - bottom + 8), f"{s:.0f}", fill="black")
-    d.text((left, 12), f"{title}: mean loss per latent frame (moving average of {window} steps)", fill="black")
-    d.text(((w - right) // 2, h - 18), "optimizer step", fill="black")
-    for k, (name, xs, vals) in enumerate(smoothed):
-        colour = COLOURS[min(k, len(COLOURS) - 1)]
-        pts = [xy(s, v) for s, v in zip(xs, vals)]
-        if len(pts) > 1:
-            d.line(pts, fill=colour, width=2)
-        else:
-            d.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=colour)
-        last = sum(tails[k]) / len(tails[k])
-        ly = top + 10 + 18 * k
-        d.line([w - right + 15, ly + 6, w - right + 40, ly + 6], fill=colour, width=3)
-        d.text((w - right + 48, ly), f"{name}: {last:.3f}" if last is not None else name, fill="black")
-    d.text((w - right + 15, top + 18 * len(smoothed) + 20), "(value: mean of the", fill="gray")
-    d.text((w - right + 15, top + 18 * len(smoothed) + 34), " last 20% of steps)", fill="gray")
-    png = Path(png)
-    img.save(png)
-    return png
+    curves = {}
+    for name, pts in series:
+        if pts:
+            tail = [v for _, v in pts[-max(1, len(pts) // 5):]]
+            curves[f"{name}: {sum(tail) / len(tail):.3f}"] = ([p[0] for p in pts], _smooth([p[1] for p in pts], window))
+    return line_chart(curves, png, title=f"{title}: mean loss per latent frame (moving average of {window} steps)",
+                      xlabel="optimizer step", ylabel="loss (nats / token)")
 
 
 __all__ = ["frame_loss_summary", "plot_frame_losses", "read_frame_losses"]

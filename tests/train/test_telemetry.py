@@ -20,4 +20,4 @@ def test_summary_and_plot(tmp_path):
     assert abs(first - (5.0 - 1.7 + 4.0 - 1.8 + 5.0 - 1.9 + 4.0 - 2.0) / 4) < 1e-9
     assert abs(second - (1.0 - 0.17 + 1.0 - 0.19) / 2) < 1e-9
     png = plot_frame_losses(metrics, tmp_path / "frame_loss.png", "stage")
-    assert Image.open(png).size == (900, 520)
+    assert Image.open(png).size == (640, 360)
