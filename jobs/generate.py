@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from loong_dist.data.text_tokenizer import TextTokenizer
     from loong_dist.inference.generate import VideoGenerator, check_prompt
     from loong_dist.io.video import frame_strip, write_gif, write_mp4
-    from loong_dist.models.ar.checkpoint import check_vocab, load_model
+    from loong_dist.models.ar.checkpoint import check_vocab, load_model, read_model_meta
     from loong_dist.models.tokenizer import load_tokenizer
 
     parser = job_parser("python -m jobs.generate", __doc__.splitlines()[0], ALIASES,
@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if gen_cfg.precision == "bf16" else torch.float32
     text_tok = TextTokenizer.load(cfg.text.path)
     video_tok = load_tokenizer(cfg.tokenizer.path, device=device)
+    trained = read_model_meta(args.checkpoint)[2]  # the clips' size and fps, when the trainer recorded them
+    if "size" in trained and int(trained["size"]) != cfg.data.size:
+        raise UserError(f"{args.checkpoint}: model was trained on {trained['size']} px clips, data.size is "
+                        f"{cfg.data.size} (pass data.size={trained['size']})")
     model, layout = load_model(args.checkpoint, device=device, dtype=dtype)
     check_vocab(layout, video_tok.codebook_size, text_tok.vocab_size, args.checkpoint)
     if (text_tok.bos_id, text_tok.bov_id) != (layout.bos_id, layout.bov_id):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from loong_dist.data.bucketing import BucketedBatchSampler, naive_batches, padding_share, sequence_length
-from loong_dist.data.shards import Sample, ShardIndex, ShardReader
+from loong_dist.data.shards import Sample, ShardError, ShardIndex, ShardReader
 from loong_dist.io.storage import Storage
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
 
@@ -52,11 +52,11 @@ class TokenLoader:
                  caption_dropout: float = 0.0):
         codebook = index.meta.get("codebook_size")
         if codebook is not None and codebook != layout.codebook_size:
-            raise ValueError(f"{index.folder}: shards hold {codebook} video codes, the model's layout has "
+            raise ShardError(f"{index.folder}: shards hold {codebook} video codes, the model's layout has "
                              f"{layout.codebook_size}")
         text_vocab = index.meta.get("text_vocab_size")
         if text_vocab is not None and text_vocab != layout.text_vocab_size:
-            raise ValueError(f"{index.folder}: shards were tokenized with {text_vocab} text pieces, the model's "
+            raise ShardError(f"{index.folder}: shards were tokenized with {text_vocab} text pieces, the model's "
                              f"layout has {layout.text_vocab_size}")
         self.index, self.layout = index, layout
         self.reader = ShardReader(index, storage)

@@ -115,4 +115,36 @@ def build_engine(model: nn.Module, cfg: Config, groups: ParallelGroups):
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.optim.weight_decay),
                                            config=deepspeed_config(cfg, groups), mpu=MegatronMPU(groups),
                                            dist_init_required=False)
+    engine.checkpoint_engine = weights_only_checkpoint_engine(engine)
     return engine
+
+
+def load_checkpoint_file(path: str, map_location=None):
+    """One DeepSpeed checkpoint file through torch.load(weights_only=True).
+
+    DeepSpeed 0.19 unpickles its checkpoint files (weights_only=False), so a checkpoint folder
+    from elsewhere could run code. Ours hold tensors, plain Python values (the trainer keeps its
+    RNG and loader state as such) and three DeepSpeed types, allowed by name; anything else in a
+    file is refused by torch's restricted unpickler (pickle.UnpicklingError)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def weights_only_checkpoint_engine(engine):
+    """The engine's torch checkpoint engine, loading through `load_checkpoint_file`."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            return load_checkpoint_file(path, map_location)
+
+    current = engine.checkpoint_engine
+    if type(current) is not TorchCheckpointEngine:  # a decoupled or Nebula engine was configured: keep it
+        return current
+    safe = WeightsOnlyCheckpointEngine.__new__(WeightsOnlyCheckpointEngine)
+    safe.__dict__.update(current.__dict__)
+    return safe

@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from loong_dist.config import Config
 from loong_dist.data.loader import TokenLoader
-from loong_dist.data.shards import ShardIndex
+from loong_dist.data.shards import ShardError, ShardIndex
 from loong_dist.io.storage import Storage
 from loong_dist.errors import ConfigError
 from loong_dist.models.ar.checkpoint import load_model, read_model_meta, save_model
@@ -66,18 +66,23 @@ def layout_from_index(index: ShardIndex, vocab_multiple: int) -> VocabLayout:
     meta = index.meta
     for key in ("codebook_size", "text_vocab_size"):
         if key not in meta:
-            raise ValueError(f"{index.folder}/index.json: meta has no '{key}'")
+            raise ShardError(f"{index.folder}/index.json: meta has no '{key}'")
     return VocabLayout(text_vocab_size=int(meta["text_vocab_size"]), codebook_size=int(meta["codebook_size"]),
                        vocab_multiple=vocab_multiple)
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy and torch RNG states as plain values and tensors (a checkpoint loads with
+    torch.load(weights_only=True): no numpy objects in it)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
 
 
@@ -111,6 +116,16 @@ def full_state_dict(engine, model: torch.nn.Module, groups: ParallelGroups) -> d
     return out
 
 
+def write_latest(ckpt_dir: Path, tag: str) -> None:
+    """Point DeepSpeed's `latest` file at `tag` atomically (temporary file, fsync, rename)."""
+    tmp = ckpt_dir / ".latest.tmp"
+    with open(tmp, "w") as f:
+        f.write(tag)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(ckpt_dir / "latest")
+
+
 class Trainer:
     def __init__(self, cfg: Config, groups: ParallelGroups, storage: Storage | None = None):
         self.cfg, self.groups = cfg, groups
@@ -120,6 +135,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         index = ShardIndex.load(cfg.train.shards, self.storage)
         self.layout = layout_from_index(index, cfg.model.vocab_multiple)
+        self.data_meta = {k: index.meta[k] for k in ("size", "fps") if k in index.meta}  # recorded in the export
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(cfg.model, self.layout.padded_vocab_size, groups, cfg.parallel)
         if cfg.train.init_from:
@@ -183,7 +199,14 @@ class Trainer:
         tag = f"step{self.step:08d}"
         client = {"step": self.step, "loader": self.loader.state_dict(), "rng": rng_state(),
                   "layout": vars(self.layout)}
-        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client)
+        # DeepSpeed's own `latest` is written by rank 0 without waiting for the other ranks' files
+        # (and in place): a rank killed mid-write would leave `latest` naming a torn checkpoint. So
+        # every rank finishes its files first, then rank 0 moves the pointer in one rename.
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client, save_latest=False)
+        self._barrier()
+        if self.is_main:
+            write_latest(self.ckpt_dir, tag)
+        self._barrier()
         uri = self.cfg.train.checkpoint_uri
         if uri:  # every node uploads what its ranks wrote; `latest` goes last, once all are up
             self._barrier()
@@ -229,7 +252,7 @@ class Trainer:
         if self.is_main:
             save_model(state, self.cfg.model, self.layout, path,
                        {"step": self.step, "run": str(self.out), "init_from": self.cfg.train.init_from,
-                        "loss_mode": self.cfg.loss.mode})
+                        "loss_mode": self.cfg.loss.mode, **self.data_meta})
             log.info("exported %s", path)
         if dist.is_initialized():  # the next stage may start in these same processes
             dist.barrier()

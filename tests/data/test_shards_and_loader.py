@@ -154,5 +154,5 @@ def test_loader_batches_resume_and_padding(shard_folder):
 
 def test_loader_rejects_mismatched_layout(tmp_path):
     write_shards(Storage(), str(tmp_path), make_samples(6), per_shard=6)
-    with pytest.raises(ValueError, match="shards hold 1000 video codes, the model's layout has 64"):
+    with pytest.raises(ShardError, match="shards hold 1000 video codes, the model's layout has 64"):
         TokenLoader(ShardIndex.load(str(tmp_path)), VocabLayout(TEXT_VOCAB, 64), token_budget=800)

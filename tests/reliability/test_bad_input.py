@@ -117,6 +117,9 @@ def files(tmp_path_factory, pretok_assets):
                                   ("wrong_text", tok.codebook_size, 200)):
         layout = VocabLayout(text_vocab_size=vocab, codebook_size=codebook)
         save_model(Transformer(cfg, layout.padded_vocab_size).state_dict(), cfg, layout, d / f"{name}.safetensors")
+    layout = VocabLayout(text_vocab_size=text.vocab_size, codebook_size=tok.codebook_size)
+    save_model(Transformer(cfg, layout.padded_vocab_size).state_dict(), cfg, layout, d / "model_128px.safetensors",
+               {"size": 128, "fps": 8.0})  # what the trainer records from the shards it trained on
     (d / "empty_prompts.txt").write_text("\n  \n")
     # Shards
     _shards_with(d / "no_ranges", lambda f: _rewrite_index(f, lambda i: i["shards"][0]["samples"][0].pop("ranges")))
@@ -181,6 +184,8 @@ CASES = [
                                                                         model="wrong_codebook"), "video codes"),
     ("model text vocab != tokenizer", "jobs.generate", lambda a, d: _gen(a, d, "--prompt", "a red circle",
                                                                           model="wrong_text"), "text vocabulary"),
+    ("model trained at another size", "jobs.generate", lambda a, d: _gen(a, d, "--prompt", "a red circle",
+                                                                          model="model_128px"), "trained on 128 px clips"),
     ("tokenizer for 16x compression", "jobs.generate", lambda a, d: _gen(a, d, "--prompt", "a red circle",
                                                                           tok="tok_16x"), "spatial_downsample"),
     ("tokenizer of another architecture", "data_prep.pretokenize",

@@ -112,9 +112,6 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(reference):
     _resume_matches(root, run, losses)
 
 
-@pytest.mark.xfail(strict=True, reason="DeepSpeed 0.19.8 save_checkpoint: rank 0 writes `latest` without waiting for the "
-                   "other ranks' files (no barrier before it), so `latest` can name a torn checkpoint; the fix belongs in "
-                   "Trainer.save (save_latest=False, barrier, then an atomic pointer written by rank 0)")
 def test_two_ranks_killed_while_rank1_writes_keeps_latest_on_the_previous_checkpoint(reference):
     root, _ = reference
     run = root / "two-ranks"

@@ -124,6 +124,23 @@ def test_pickled_checkpoints_are_refused_and_never_run(tmp_path):
     assert isinstance(ModelFileError("x"), UserError)
 
 
+def test_deepspeed_checkpoint_files_load_weights_only(tmp_path):
+    """Training checkpoints: DeepSpeed itself would unpickle them; the engine we build loads every
+    file through load_checkpoint_file, which refuses a payload (and loads real checkpoints: the
+    trainer's resume tests)."""
+    import torch
+
+    from loong_dist.parallel.engine import load_checkpoint_file
+    marker = tmp_path / "payload-ran"
+    torch.save({"module": {"weight": torch.ones(2)}, "client": _Payload(str(marker))},
+               tmp_path / "mp_rank_00_model_states.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint_file(str(tmp_path / "mp_rank_00_model_states.pt"))
+    assert not marker.exists()
+    torch.save({"module": {"weight": torch.ones(2)}, "step": 3}, tmp_path / "plain.pt")
+    assert load_checkpoint_file(str(tmp_path / "plain.pt"))["step"] == 3
+
+
 def _craft_shard(path: Path, members: list[tuple[str, bytes | None, str | None]]) -> dict[str, tarfile.TarInfo]:
     """A real tar of (name, data, link target): a regular file when data is given, else a symlink."""
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
