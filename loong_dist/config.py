@@ -194,6 +194,9 @@ class PretokenizeConfig:
     (chunks x encode_batch windows x clips), whatever the corpus size."""
     max_shards_in_flight: int = 2
     """Shards whose chunks are being produced or written at once (bounds token arrays held)."""
+    encoder_restarts: int = 3
+    """Times Ray restarts a dead tokenizer actor (retrying its tasks); past that the actor is
+    replaced and the shards it was encoding are redone whole (up to 3 times each)."""
     ray_address: str = ""
     """Ray cluster to join: "" starts a local Ray in-process (or joins the cluster when run by
     `ray job submit`, which sets RAY_ADDRESS); "auto" or host:port joins that cluster."""
@@ -210,6 +213,7 @@ class PretokenizeConfig:
         _check(self.encoder_cpus > 0, "pretokenize.encoder_cpus", self.encoder_cpus, "must be > 0")
         _check(self.decode_cpus > 0, "pretokenize.decode_cpus", self.decode_cpus, "must be > 0")
         _check(self.max_in_flight >= 1, "pretokenize.max_in_flight", self.max_in_flight, "must be >= 1")
+        _check(self.encoder_restarts >= 0, "pretokenize.encoder_restarts", self.encoder_restarts, "must be >= 0")
         _check(self.max_shards_in_flight >= 1, "pretokenize.max_shards_in_flight", self.max_shards_in_flight,
                "must be >= 1")
         _check(self.local_cpus >= 0, "pretokenize.local_cpus", self.local_cpus, "must be >= 0 (0: all cores)")

@@ -374,15 +374,19 @@ def _run(cfg: Config, todo: list[ShardPlan], tokenizer_bytes: bytes, codebook_si
     decode = ray.remote(num_cpus=p.decode_cpus, max_retries=3)(decode_chunk)
     write = ray.remote(num_cpus=min(1.0, p.decode_cpus), max_retries=3)(write_shard)
     Encoder = ray.remote(num_cpus=0 if gpus else p.encoder_cpus, num_gpus=1 if gpus else 0,
-                         max_restarts=3, max_task_retries=3)(ClipEncoder)
+                         max_restarts=p.encoder_restarts, max_task_retries=p.encoder_restarts)(ClipEncoder)
     tok_ref = ray.put(tokenizer_bytes)
-    encoders = [Encoder.remote(tok_ref, p.encode_batch, p.bf16, int(p.encoder_cpus), crash) for _ in range(n_enc)]
+    def new_encoder():
+        return Encoder.remote(tok_ref, p.encode_batch, p.bf16, int(p.encoder_cpus), crash)
+
+    encoders = [new_encoder() for _ in range(n_enc)]
     busy = [0] * n_enc
 
     work = deque((s, chunks(s, p.encode_batch)) for s in todo)
     enc_inflight: dict[Any, tuple[int, int]] = {}  # encode ref -> (encoder, clips)
-    writes: dict[Any, str] = {}
-    open_shard: tuple[ShardPlan, deque, list] | None = None
+    writes: dict[Any, tuple[ShardPlan, list, list]] = {}  # write ref -> (shard, chunks, [(encode ref, i, actor)])
+    attempts: dict[str, int] = {}
+    open_shard: tuple[ShardPlan, list, deque, list] | None = None
     encoded = 0
     bar = _progress(sum(s.num_clips for s in todo), p.progress)
     try:
@@ -393,8 +397,8 @@ def _run(cfg: Config, todo: list[ShardPlan], tokenizer_bytes: bytes, codebook_si
                     if not work or len(writes) >= p.max_shards_in_flight:
                         break
                     shard, cs = work.popleft()
-                    open_shard = (shard, deque(cs), [])
-                shard, pending, refs = open_shard
+                    open_shard = (shard, cs, deque(cs), [])
+                shard, cs, pending, refs = open_shard
                 if pending:
                     windows = pending.popleft()
                     dec = decode.remote(windows, d.fps, d.size, storage.cfg, crash)
@@ -402,9 +406,10 @@ def _run(cfg: Config, todo: list[ShardPlan], tokenizer_bytes: bytes, codebook_si
                     ref = encoders[i].encode.remote(dec)
                     busy[i] += 1
                     enc_inflight[ref] = (i, sum(len(w.clips) for w in windows))
-                    refs.append(ref)
+                    refs.append((ref, i, encoders[i]))
                 if not pending:
-                    writes[write.remote(shard, out, storage.cfg, codebook_size, d.fps, d.size, crash, *refs)] = shard.name
+                    wref = write.remote(shard, out, storage.cfg, codebook_size, d.fps, d.size, crash, *[r for r, _, _ in refs])
+                    writes[wref] = (shard, cs, refs)
                     open_shard = None
             ready, _ = ray.wait(list(enc_inflight) + list(writes), num_returns=1, fetch_local=False)
             for ref in ready:
@@ -412,15 +417,50 @@ def _run(cfg: Config, todo: list[ShardPlan], tokenizer_bytes: bytes, codebook_si
                     i, n = enc_inflight.pop(ref)
                     busy[i] -= 1
                     bar.update(n)
-                else:
+                    continue
+                shard, cs, refs = writes.pop(ref)
+                try:
                     part = ray.get(ref)
-                    parts[writes.pop(ref)] = part
-                    encoded += part["clips"]
+                except ray.exceptions.RayTaskError as err:
+                    # An input of the write failed: an encoder died past its restarts (or Ray gave up
+                    # on it). The shard is the unit of retry: replace the dead encoders, redo it whole.
+                    died = _replace_dead_encoders(refs, encoders, new_encoder)
+                    if not (died or isinstance(getattr(err, "cause", None), ray.exceptions.RayActorError)) \
+                            or attempts.get(shard.name, 0) >= 3:
+                        raise
+                    attempts[shard.name] = attempts.get(shard.name, 0) + 1
+                    log.warning("shard %s: an encoder died (%s); redoing the shard (attempt %d)", shard.name,
+                                type(err.cause).__name__ if hasattr(err, "cause") else type(err).__name__,
+                                attempts[shard.name] + 1)
+                    work.appendleft((shard, cs))
+                    continue
+                parts[shard.name] = part
+                encoded += part["clips"]
     finally:
         bar.close()
         for e in encoders:
             ray.kill(e)
     return encoded
+
+
+def _replace_dead_encoders(refs: list, encoders: list, new_encoder) -> bool:
+    """Put a fresh actor in place of each encoder whose task among `refs` [(encode ref, encoder
+    index, actor)] failed because of its actor (unless that actor was replaced already, by an
+    earlier shard's failure); True when one of the shard's encoders failed so."""
+    import ray
+
+    died = False
+    for ref, i, actor in refs:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError:  # ActorDiedError, or an actor Ray gave up on
+            died = True
+            if encoders[i] is actor:
+                ray.kill(actor)
+                encoders[i] = new_encoder()
+        except ray.exceptions.RayError:
+            continue
+    return died
 
 
 def finish(cfg: Config, storage: Storage, result: dict[str, Any], plan_rejects: list[dict[str, Any]],

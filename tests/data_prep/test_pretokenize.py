@@ -181,6 +181,21 @@ def test_s3_in_and_out_with_killed_workers(assets, tmp_path, s3_bucket, s3_stora
     assert sample.video.shape[0] in (1, 5) and sample.text[0] == TextTokenizer.load(str(assets / "text.model")).bos_id
 
 
+def test_encoder_dead_for_good_is_replaced_and_its_shard_redone(assets, tmp_path, monkeypatch):
+    """An encoder actor that dies with no restarts left (encoder_restarts=0): its encode results
+    are lost, the write of their shard fails; the pipeline replaces the actor and redoes the shard
+    whole, so every planned key is still in the output exactly once."""
+    manifest = _bad_manifest(assets, tmp_path / "in")
+    out = tmp_path / "shards"
+    monkeypatch.setenv(CRASH_ENV, f"{tmp_path}:encode")
+    assert job.main(_args(assets, str(manifest), str(out), "pretokenize.encoder_restarts=0",
+                          "pretokenize.num_encoders=1")) == 0
+    assert (tmp_path / "crashed-encode").exists()
+    keys = [k for tar in sorted(out.glob("*.tar")) for k in _tar_keys(tar.read_bytes())]
+    index = ShardIndex.load(str(out))
+    assert len(keys) == len(set(keys)) == 11 and sorted(keys) == sorted(s.key for s in index.samples)
+
+
 def _run_cli(*args, env=None, timeout=120):
     return subprocess.run([PY, "-m", "data_prep.pretokenize", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
