@@ -17,19 +17,18 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import torch
 import webdataset as wds
 
 import data_prep.pretokenize as job
-import data_prep.synthetic as synthetic
-from loong_dist.config import TokenizerConfig, load_config
+from loong_dist.config import load_config
 from loong_dist.data.manifest import read_manifest, write_manifest
 from loong_dist.data.pretokenize import CRASH_ENV, clip_key, plan_shards
 from loong_dist.data.shards import ShardIndex, ShardReader
-from loong_dist.data.text_tokenizer import TextTokenizer, train_text_tokenizer
+from loong_dist.data.text_tokenizer import TextTokenizer
 from loong_dist.io.storage import join
 from loong_dist.io.video import read_clip
-from loong_dist.models.tokenizer import VideoTokenizer, load_tokenizer, save_tokenizer
+from loong_dist.models.tokenizer import load_tokenizer
+from tests.fixtures.pretok import make_pretok_assets
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = str(Path(sys.executable))
@@ -40,15 +39,7 @@ FAST = ["--frames", "1,17", "--fps", "8", "--size", "32", "pretokenize.local_cpu
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A tiny random tokenizer, a text tokenizer, and 8 synthetic 17-frame 32x32 clips."""
-    root = tmp_path_factory.mktemp("pretok")
-    torch.manual_seed(0)
-    save_tokenizer(VideoTokenizer(TokenizerConfig(channels=8, num_res_blocks=0, decoder_res_blocks=0)),
-                   root / "tok.safetensors")
-    assert synthetic.main(["--out", str(root / "syn"), "--n", "8", "--frames", "17", "--size", "32",
-                           "synthetic.held_out=0"]) == 0
-    entries, _ = read_manifest(str(root / "syn" / "manifest.jsonl"))
-    TextTokenizer(train_text_tokenizer([e.caption for e in entries], 300)).save(str(root / "text.model"))
-    return root
+    return make_pretok_assets(tmp_path_factory.mktemp("pretok"), clips=8)
 
 
 def _args(assets, manifest, out, *extra):
