@@ -8,7 +8,8 @@ Column layers split output features (attention q/k/v, SwiGLU gate/up, the output
 vocabulary); row layers split input features and all-reduce their outputs (attention out,
 SwiGLU down); the embedding splits the vocabulary; the loss is megatron's vocab-parallel
 cross-entropy, so full logits are never gathered. Shards are contiguous blocks, so a head (or a
-vocabulary range) lives whole on one rank.
+vocabulary range) lives whole on one rank. A fused layer that stacks matrices (SwiGLU's
+[gate; up], `fused_parts = 2`) is split per matrix: the rank holds [its gate rows; its up rows].
 """
 
 from __future__ import annotations
@@ -76,6 +77,25 @@ def shard_dim(module: nn.Module) -> int | None:
     return None
 
 
+def shard_weight(module: nn.Module, full: Tensor, tp: int, rank: int) -> Tensor:
+    """This rank's block of a single-device weight of `module`: a contiguous block along
+    `shard_dim`, taken from each of the `fused_parts` stacked matrices (e.g. SwiGLU's [gate; up])."""
+    dim = shard_dim(module)
+    if dim is None or tp == 1:
+        return full
+    parts = getattr(module, "fused_parts", 1)
+    return torch.cat([part.chunk(tp, dim)[rank] for part in full.chunk(parts, dim)], dim)
+
+
+def unshard_weight(module: nn.Module, shards: list[Tensor]) -> Tensor:
+    """Inverse of `shard_weight`: the single-device weight from every rank's block, in rank order."""
+    dim = shard_dim(module)
+    if dim is None or len(shards) == 1:
+        return shards[0]
+    parts = getattr(module, "fused_parts", 1)
+    return torch.cat([shard.chunk(parts, dim)[i] for i in range(parts) for shard in shards], dim)
+
+
 @torch.no_grad()
 def load_sharded(model: nn.Module, full_state: dict[str, Tensor], groups: ParallelGroups) -> None:
     """Load a single-device (TP=1) state dict into this rank's shards."""
@@ -83,28 +103,34 @@ def load_sharded(model: nn.Module, full_state: dict[str, Tensor], groups: Parall
         for pname, param in module.named_parameters(recurse=False):
             key = f"{name}.{pname}" if name else pname
             full = full_state[key]
-            dim = shard_dim(module)
-            if dim is not None and pname == "weight":
-                full = full.chunk(groups.tp_size, dim=dim)[groups.tp_rank]
+            if pname == "weight":
+                full = shard_weight(module, full, groups.tp_size, groups.tp_rank)
             if full.shape != param.shape:
                 raise ValueError(f"{key}: shard shape {tuple(full.shape)} does not fit {tuple(param.shape)}")
             param.copy_(full)
 
 
+def gather_weight(module: nn.Module, t: Tensor, groups: ParallelGroups) -> Tensor:
+    """The single-device tensor of a weight (or its gradient) `t` of `module`: all-gathered
+    over the tensor-parallel group when the layer splits it. A collective over that group."""
+    import torch.distributed as dist
+
+    if shard_dim(module) is None or groups.tp_size == 1:
+        return t
+    shards = [torch.empty_like(t) for _ in range(groups.tp_size)]
+    dist.all_gather(shards, t.contiguous(), group=groups.tp_group)
+    return unshard_weight(module, shards)
+
+
 @torch.no_grad()
 def gather_full(model: nn.Module, groups: ParallelGroups, grads: bool = False) -> dict[str, Tensor]:
     """The single-device state dict (or gradients) assembled from every rank's shards."""
-    import torch.distributed as dist
-
     out = {}
     for name, module in model.named_modules():
         for pname, param in module.named_parameters(recurse=False):
             key = f"{name}.{pname}" if name else pname
             t = param.grad if grads else param
-            dim = shard_dim(module)
-            if dim is not None and pname == "weight" and groups.tp_size > 1:
-                parts = [torch.empty_like(t) for _ in range(groups.tp_size)]
-                dist.all_gather(parts, t.contiguous(), group=groups.tp_group)
-                t = torch.cat(parts, dim=dim)
+            if pname == "weight":
+                t = gather_weight(module, t, groups)
             out[key] = t.detach().clone()
     return out

@@ -99,19 +99,15 @@ def full_state_dict(engine, model: torch.nn.Module, groups: ParallelGroups) -> d
     tensor-parallel shards here. A collective: every rank calls it."""
     from deepspeed.utils import safe_get_full_fp32_param
 
-    from loong_dist.parallel.tensor_parallel import shard_dim
-
     out = {}
     for name, module in model.named_modules():
         for pname, param in module.named_parameters(recurse=False):
             key = f"{name}.{pname}" if name else pname
             t = safe_get_full_fp32_param(param)
             t = (param if t is None else t).detach().float()
-            dim = shard_dim(module) if groups.tp_size > 1 else None
-            if dim is not None and pname == "weight":
-                parts = [torch.empty_like(t) for _ in range(groups.tp_size)]
-                dist.all_gather(parts, t.contiguous(), group=groups.tp_group)
-                t = torch.cat(parts, dim=dim)
+            if pname == "weight" and groups.tp_size > 1:
+                from loong_dist.parallel.tensor_parallel import gather_weight
+                t = gather_weight(module, t, groups)
             out[key] = t.cpu().clone()
     return out
 

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from loong_dist.config import ModelConfig
 from loong_dist.errors import UserError
 from loong_dist.models.ar.layout import VocabLayout
-from loong_dist.models.ar.model import Transformer
+from loong_dist.models.ar.model import Transformer, fuse_qkv
 
 FORMAT = "loong-ar-transformer/1"
 """Written into every file's metadata; a file without it is not a loong-dist model."""
@@ -79,12 +79,29 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     with safe_open(str(path), framework="pt", device="cpu") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     try:
+        tensors = _fuse_unfused_projections(tensors, cfg)
         model.load_state_dict(tensors, strict=True)
+    except KeyError as e:
+        raise ModelFileError(f"{path}: weight {e} is missing") from None
     except RuntimeError as e:
         lines = str(e).splitlines()
         raise ModelFileError(f"{path}: weights do not fit the saved config "
                              f"({(lines[1] if len(lines) > 1 else lines[0]).strip()})") from None
     return model.to(device=device, dtype=dtype).eval(), layout
+
+
+def _fuse_unfused_projections(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Files exported before the projections were fused hold wq, wk, wv and w_gate, w_up per
+    block; fuse them into today's wqkv and w_gate_up (same numbers; see `fuse_qkv`)."""
+    out = dict(tensors)
+    for key in [k for k in tensors if k.endswith(".attention.wq.weight")]:
+        at = key[:-len("wq.weight")]
+        out[at + "wqkv.weight"] = fuse_qkv(out.pop(at + "wq.weight"), out.pop(at + "wk.weight"),
+                                           out.pop(at + "wv.weight"), cfg.n_kv_heads)
+    for key in [k for k in tensors if k.endswith(".ffn.w_gate.weight")]:
+        at = key[:-len("w_gate.weight")]
+        out[at + "w_gate_up.weight"] = torch.cat([out.pop(at + "w_gate.weight"), out.pop(at + "w_up.weight")])
+    return out
 
 
 def check_vocab(layout: VocabLayout, codebook_size: int, text_vocab_size: int, what: str) -> None:

@@ -8,8 +8,15 @@ its cross-entropy) come in through a `LayerSpec`. `LOCAL_SPEC` builds plain torc
 number of heads on this rank from the projection's output width, so it never asks about ranks.
 
 Notation: b batch, s sequence, h hidden (dim), n heads (on this rank), k key/value heads (on
-this rank), d head width, v vocabulary (on this rank), f SwiGLU width (on this rank); c cache
-capacity (positions), L positions held in the cache after a step.
+this rank), r = n/k query heads per key/value head, d head width, v vocabulary (on this rank),
+f SwiGLU width (on this rank); c cache capacity (positions), L positions held in the cache after
+a step.
+
+The q, k, v projections are one matmul (`wqkv`) and so are SwiGLU's gate and up (`w_gate_up`).
+`wqkv` rows are grouped by key/value head, so any contiguous block of whole groups is a valid
+tensor-parallel shard. `w_gate_up` stacks [gate; up] (contiguous halves, which elementwise
+kernels want); it says so with `fused_parts = 2`, and tensor parallelism splits each half on its
+own (a rank holds [its gate rows; its up rows], as in Megatron).
 
 Incremental decoding: `forward(tokens, cache=KVCache(...))` appends the keys and values of
 `tokens` to the cache and attends over everything cached; positions continue from `cache.pos`.
@@ -39,7 +46,8 @@ class LayerSpec:
     """Builders for the layers that tensor parallelism splits; each takes (in, out, init)."""
 
     column_linear: Callable[[int, int, Init], nn.Module]
-    """y = x W^T without bias; under TP the output features are split across ranks."""
+    """y = x W^T without bias; under TP the output features are split across ranks. A layer whose
+    weight stacks several matrices carries `fused_parts` (their number): each is split alone."""
     row_linear: Callable[[int, int, Init], nn.Module]
     """y = x W^T without bias; under TP the input features are split and the outputs summed."""
     embedding: Callable[[int, int, Init], nn.Module]
@@ -93,10 +101,29 @@ def rope_table(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, T
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (b, s, n, d) by position: pairs are (i, i + d/2). cos, sin: (s, d/2)."""
+    """Rotate (b, s, ..., d) by position: pairs are (i, i + d/2). cos, sin: (s, d/2). The head
+    dimensions between s and d may be any number (heads, or kv groups and heads in a group)."""
     x1, x2 = x.float().chunk(2, dim=-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # (1, s, 1, d/2)
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 3) + (-1,)
+    cos, sin = cos.view(shape), sin.view(shape)  # (1, s, 1.., d/2)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
+
+
+def split_qkv(w: Tensor, n_heads: int, n_kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The fused (rows) q, k, v projection weight -> wq (n*d, ...), wk, wv (k*d, ...) with
+    heads in order. Rows are grouped by key/value head g: [query heads g*r .. g*r+r-1, key g,
+    value g], r = n/k, so a contiguous tensor-parallel shard holds whole groups. `n_heads`,
+    `n_kv_heads`: the heads held in `w` (this rank's under TP)."""
+    r = n_heads // n_kv_heads
+    groups = w.unflatten(0, (n_kv_heads, r + 2, -1))  # (k, r+2, d, ...)
+    return groups[:, :r].flatten(0, 2), groups[:, r].flatten(0, 1), groups[:, r + 1].flatten(0, 1)
+
+
+def fuse_qkv(wq: Tensor, wk: Tensor, wv: Tensor, n_kv_heads: int) -> Tensor:
+    """Inverse of `split_qkv`."""
+    k = n_kv_heads
+    q = wq.unflatten(0, (k, -1, wk.shape[0] // k))  # (k, r, d, ...)
+    return torch.cat([q, wk.unflatten(0, (k, 1, -1)), wv.unflatten(0, (k, 1, -1))], dim=1).flatten(0, 2)
 
 
 class KVCache:
@@ -154,21 +181,23 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    """Grouped-query attention with one fused q, k, v projection (`wqkv`, rows grouped by key/value
+    head: see `split_qkv`), so a step runs one input matmul instead of three."""
+
     def __init__(self, cfg: ModelConfig, spec: LayerSpec):
         super().__init__()
         self.head_dim = cfg.head_dim
+        self.group = cfg.n_heads // cfg.n_kv_heads  # query heads per key/value head
         init, out_init = normal_init(cfg.init_std), normal_init(cfg.init_std / math.sqrt(2 * cfg.n_layers))
-        self.wq = spec.column_linear(cfg.dim, cfg.n_heads * cfg.head_dim, init)
-        self.wk = spec.column_linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, init)
-        self.wv = spec.column_linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, init)
+        self.wqkv = spec.column_linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, init)
         self.wo = spec.row_linear(cfg.n_heads * cfg.head_dim, cfg.dim, out_init)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
         b, s, _ = x.shape
-        q = self.wq(x).view(b, s, -1, self.head_dim)  # (b, s, n, d)
-        k = self.wk(x).view(b, s, -1, self.head_dim)  # (b, s, k, d)
-        v = self.wv(x).view(b, s, -1, self.head_dim)  # (b, s, k, d)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.wqkv(x).view(b, s, -1, self.group + 2, self.head_dim)  # (b, s, k, r+2, d)
+        qk = apply_rope(qkv[..., :-1, :], cos, sin)  # (b, s, k, r+1, d): queries and key of each group
+        q = qk[..., :-1, :].flatten(2, 3)  # (b, s, n, d)
+        k, v = qk[..., -1, :], qkv[..., -1, :]  # (b, s, k, d)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (b, n|k, s, d)
         gqa = q.shape[1] != k.shape[1]
         if cache is None:
@@ -182,15 +211,18 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
+    """SwiGLU MLP with the gate and up projections fused into one matmul (`w_gate_up` = [gate; up])."""
+
     def __init__(self, cfg: ModelConfig, spec: LayerSpec):
         super().__init__()
         init, out_init = normal_init(cfg.init_std), normal_init(cfg.init_std / math.sqrt(2 * cfg.n_layers))
-        self.w_gate = spec.column_linear(cfg.dim, cfg.ffn_dim, init)
-        self.w_up = spec.column_linear(cfg.dim, cfg.ffn_dim, init)
+        self.w_gate_up = spec.column_linear(cfg.dim, 2 * cfg.ffn_dim, init)
+        self.w_gate_up.fused_parts = 2  # [gate; up], each split over TP ranks on its own
         self.w_down = spec.row_linear(cfg.ffn_dim, cfg.dim, out_init)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))  # (b, s, f) -> (b, s, h)
+        gate, up = self.w_gate_up(x).chunk(2, dim=-1)  # (b, s, f) each
+        return self.w_down(F.silu(gate) * up)  # (b, s, h)
 
 
 class Block(nn.Module):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from loong_dist.config import ModelConfig
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
-from loong_dist.models.ar.model import Transformer, apply_rope, rope_table
+from loong_dist.models.ar.model import SwiGLU, Transformer, apply_rope, fuse_qkv, rope_table, split_qkv
 from loong_dist.models.ar.sizes import MODEL_SIZES, count_parameters
 
 
@@ -32,9 +32,10 @@ def naive_attention(attn, x, cos, sin):
     """The attention block written out: explicit scores, mask, softmax; kv heads repeated."""
     b, s, _ = x.shape
     d = attn.head_dim
-    q = apply_rope((x @ attn.wq.weight.T).view(b, s, -1, d), cos, sin)
-    k = apply_rope((x @ attn.wk.weight.T).view(b, s, -1, d), cos, sin)
-    v = (x @ attn.wv.weight.T).view(b, s, -1, d)
+    wq, wk, wv = split_qkv(attn.wqkv.weight, n_heads=4, n_kv_heads=2)
+    q = apply_rope((x @ wq.T).view(b, s, -1, d), cos, sin)
+    k = apply_rope((x @ wk.T).view(b, s, -1, d), cos, sin)
+    v = (x @ wv.T).view(b, s, -1, d)
     rep = q.shape[2] // k.shape[2]
     k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
     scores = torch.einsum("bqnd,bknd->bnqk", q, k) / math.sqrt(d)
@@ -48,6 +49,29 @@ def test_attention_matches_naive_reference(model):
     cos, sin = model.rope_cos[:17], model.rope_sin[:17]
     attn = model.blocks[0].attention
     torch.testing.assert_close(attn(x, cos, sin), naive_attention(attn, x, cos, sin), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_qkv_shards_into_whole_heads():
+    # A contiguous TP shard of the fused q, k, v weight holds the same heads as the unfused
+    # weights' shards: the layout needs no conversion at any TP degree.
+    n, k, d, h = 8, 4, 3, 5
+    wq, wk, wv = torch.randn(n * d, h), torch.randn(k * d, h), torch.randn(k * d, h)
+    fused = fuse_qkv(wq, wk, wv, n_kv_heads=k)
+    for got, want in zip(split_qkv(fused, n, k), (wq, wk, wv)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for tp in (2, 4):
+        for rank in range(tp):
+            shard = fused.chunk(tp)[rank]
+            for got, want in zip(split_qkv(shard, n // tp, k // tp), (wq, wk, wv)):
+                torch.testing.assert_close(got, want.chunk(tp)[rank], rtol=0, atol=0)
+
+
+def test_swiglu_matches_unfused_reference(model):
+    mlp = model.blocks[0].ffn
+    assert isinstance(mlp, SwiGLU)
+    gate, up = mlp.w_gate_up.weight.chunk(2)
+    x = torch.randn(2, 7, 64)
+    torch.testing.assert_close(mlp(x), (F.silu(x @ gate.T) * (x @ up.T)) @ mlp.w_down.weight.T, rtol=1e-5, atol=1e-5)
 
 
 def test_rope_is_relative():
@@ -118,3 +142,26 @@ def test_chunked_loss_same_losses_and_gradients():
 def test_too_long_sequence(model):
     with pytest.raises(ValueError, match="exceeds model.max_seq_len=64"):
         model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_export_with_unfused_projections_loads_to_the_same_model(model, tmp_path):
+    # Files exported before the projections were fused (wq, wk, wv; w_gate, w_up) still load.
+    from loong_dist.models.ar.checkpoint import ModelFileError, load_model, save_model
+
+    layout = VocabLayout(text_vocab_size=300, codebook_size=64, vocab_multiple=128)
+    old = {}
+    for key, w in model.state_dict().items():
+        if key.endswith("wqkv.weight"):
+            for name, part in zip(("wq", "wk", "wv"), split_qkv(w, n_heads=4, n_kv_heads=2)):
+                old[key.replace("wqkv", name)] = part
+        elif key.endswith("w_gate_up.weight"):
+            gate, up = w.chunk(2)
+            old[key.replace("w_gate_up", "w_gate")], old[key.replace("w_gate_up", "w_up")] = gate, up
+        else:
+            old[key] = w
+    loaded, _ = load_model(save_model(old, model.cfg, layout, tmp_path / "old.safetensors"))
+    tokens = torch.randint(0, 384, (2, 9))
+    torch.testing.assert_close(loaded(tokens), model.eval()(tokens), rtol=0, atol=0)
+    del old["blocks.1.attention.wk.weight"]
+    with pytest.raises(ModelFileError, match="blocks.1.attention.wk.weight"):
+        load_model(save_model(old, model.cfg, layout, tmp_path / "broken.safetensors"))
