@@ -7,12 +7,17 @@ Prints: the machine's dense matmul FLOP/s (the peak), tokens/s and model FLOP/s 
 (DeepSpeed ZeRO-1, one rank), tokens/s of `transformers.LlamaForCausalLM` with the same widths
 trained by a plain AdamW loop on the same batches, the ratio, and MFU = model FLOP/s / peak.
 On a GPU it runs the same code on CUDA with NCCL.
+
+Both models are built first, then their steps alternate (ours, reference, a peak matmul, ours,
+...) and each is the median of its rounds, so load from other processes on a shared machine
+hits both sides alike instead of whichever ran while it lasted.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -44,18 +49,7 @@ def batches(vocab, batch, seq, steps, device):
              torch.randint(0, vocab, (batch, seq), generator=g).to(device)) for _ in range(steps)]
 
 
-def time_steps(step, data, warmup, device) -> float:
-    for tokens, targets in data[:warmup]:
-        step(tokens, targets)
-    sync(device)
-    t0 = time.perf_counter()
-    for tokens, targets in data[warmup:]:
-        step(tokens, targets)
-    sync(device)
-    return time.perf_counter() - t0
-
-
-def ours(cfg, vocab, data, warmup, groups):
+def ours(cfg, vocab, groups):
     from loong_dist.parallel.engine import build_engine, build_model
 
     torch.manual_seed(0)
@@ -66,10 +60,10 @@ def ours(cfg, vocab, data, warmup, groups):
         engine.backward(loss)
         engine.step()
 
-    return time_steps(step, data, warmup, groups.device)
+    return step
 
 
-def reference(cfg, vocab, data, warmup, device, dtype):
+def reference(cfg, vocab, device, dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     m = cfg.model
@@ -90,7 +84,21 @@ def reference(cfg, vocab, data, warmup, device, dtype):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return time_steps(step, data, warmup, device)
+    return step
+
+
+def interleaved(steps: dict, data, warmup: int, device) -> dict[str, float]:
+    """Median seconds per step of each named step function, run in turn on each batch."""
+    times = {name: [] for name in steps}
+    for i, (tokens, targets) in enumerate(data):
+        for name, step in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            step(tokens, targets)
+            sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -123,9 +131,14 @@ def main() -> None:
         - 6.0 * m.n_layers * m.dim * args.seq / 2  # causal: half the attention matrix
     tokens = args.batch * args.seq * args.steps
 
-    peak = matmul_peak(dtype, device)
-    t_ours = ours(cfg, vocab, data, args.warmup, groups)
-    t_ref = reference(cfg, vocab, data, args.warmup, device, dtype)
+    peaks = []
+
+    def peak_step(tokens, targets):  # a matmul peak between the steps, same load
+        peaks.append(matmul_peak(dtype, device, reps=3))
+
+    t = interleaved({"ours": ours(cfg, vocab, groups), "reference": reference(cfg, vocab, device, dtype),
+                     "peak": peak_step}, data, args.warmup, device)
+    t_ours, t_ref, peak = t["ours"] * args.steps, t["reference"] * args.steps, statistics.median(peaks)
     destroy_parallel()
 
     print(f"machine: {device.type}, {torch.get_num_threads()} threads; model {args.size} ({m.dim}x{m.n_layers}), "

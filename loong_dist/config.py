@@ -345,6 +345,9 @@ class ParallelConfig:
     """Training precision: bf16 keeps fp32 master weights in DeepSpeed; fp16 is not offered (refused on CPU)."""
     activation_checkpointing: bool = False
     """Recompute each transformer block in the backward pass (saves activation memory)."""
+    compile: bool = False
+    """torch.compile each transformer block (fuses its elementwise work; on CPU inductor needs a C++
+    compiler). The first step of each new sequence length pays the compile."""
 
     def __post_init__(self):
         _check(self.tp >= 1, "parallel.tp", self.tp, "must be >= 1")

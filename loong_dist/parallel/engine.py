@@ -64,7 +64,8 @@ def use_bf16(parallel: ParallelConfig, device: torch.device) -> bool:
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, groups: ParallelGroups, parallel: ParallelConfig) -> Transformer:
-    """apply_tp (the spec) -> apply_ac (activation checkpointing); DeepSpeed comes after."""
+    """apply_tp (the spec) -> apply_ac (activation checkpointing) -> apply_compile (per block, in
+    place, so parameter names stay); DeepSpeed comes after."""
     if groups.tp_size > 1:
         from loong_dist.parallel.tensor_parallel import check_tp, megatron_spec
         check_tp(cfg, vocab_size, groups.tp_size)
@@ -73,7 +74,11 @@ def build_model(cfg: ModelConfig, vocab_size: int, groups: ParallelGroups, paral
         spec = LOCAL_SPEC
     model = Transformer(cfg, vocab_size, spec)
     model.checkpoint_activations = parallel.activation_checkpointing
-    return model.to(groups.device)
+    model = model.to(groups.device)
+    if parallel.compile:
+        for block in model.blocks:  # one graph serves every block: same code, parameters as inputs
+            block.compile()
+    return model
 
 
 def deepspeed_config(cfg: Config, groups: ParallelGroups) -> dict:

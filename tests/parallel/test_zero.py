@@ -108,3 +108,34 @@ def _check_resume(engine, cfg, groups, ckpt_dir):
 
 def test_zero_stages_match_one_process_and_resume_exactly(tmp_path):
     launch_local(_zero_worker, 2, str(tmp_path))
+
+
+def _compiled_worker():
+    from loong_dist.parallel.engine import build_engine, build_model
+    from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
+
+    groups = init_parallel(tp_size=1, backend="gloo")
+    try:
+        cfg = _cfg(1)
+        cfg.parallel.compile = True
+        torch.manual_seed(0)
+        model = build_model(cfg.model, VOCAB, groups, cfg.parallel)
+        names = [name for name, _ in model.named_parameters()]
+        assert names == [name for name, _ in build_model(_cfg(1).model, VOCAB, groups, _cfg(1).parallel).named_parameters()]
+        engine = build_engine(model, cfg, groups)
+        losses, lrs = [], []
+        for tokens, targets in _batches()[:STEPS]:
+            lrs.append(engine.get_lr()[0])
+            loss = engine(tokens, targets).mean()
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        assert all(type(block).__name__ == "Block" and block._compiled_call_impl is not None for block in model.blocks)
+        # compiled kernels sum in another order than eager ones
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(_reference_losses(cfg, lrs)), rtol=1e-4, atol=0)
+    finally:
+        destroy_parallel()
+
+
+def test_compiled_blocks_follow_the_eager_loss_curve_and_keep_parameter_names():
+    launch_local(_compiled_worker, 1)
