@@ -35,7 +35,7 @@ from loong_dist.config import Config
 from loong_dist.data.loader import TokenLoader
 from loong_dist.data.shards import ShardError, ShardIndex
 from loong_dist.io.storage import Storage
-from loong_dist.errors import ConfigError
+from loong_dist.errors import ConfigError, UserError
 from loong_dist.models.ar.checkpoint import load_model, read_model_meta, save_model
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
 from loong_dist.models.ar.sizes import flops_per_token
@@ -110,6 +110,11 @@ def full_state_dict(engine, model: torch.nn.Module, groups: ParallelGroups) -> d
                 t = gather_weight(module, t, groups)
             out[key] = t.cpu().clone()
     return out
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, quota, a lost mount): one line, the last good
+    checkpoint stays the one `latest` names."""
 
 
 def write_latest(ckpt_dir: Path, tag: str) -> None:
@@ -198,7 +203,15 @@ class Trainer:
         # DeepSpeed's own `latest` is written by rank 0 without waiting for the other ranks' files
         # (and in place): a rank killed mid-write would leave `latest` naming a torn checkpoint. So
         # every rank finishes its files first, then rank 0 moves the pointer in one rename.
-        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client, save_latest=False)
+        try:
+            self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client, save_latest=False)
+        except OSError as e:  # disk full, quota, a vanished mount: the pointer still names the last good one
+            latest = self.ckpt_dir / "latest"
+            kept = latest.read_text().strip() if latest.exists() else None
+            raise CheckpointWriteError(
+                f"checkpoint {tag}: writing {self.ckpt_dir / tag} failed ({e.strerror or e}); "
+                + (f"{latest} still names {kept}, which a restart resumes from" if kept else "no checkpoint was kept yet")
+            ) from None
         self._barrier()
         if self.is_main:
             write_latest(self.ckpt_dir, tag)

@@ -107,7 +107,11 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(reference):
     run = root / "full"
     r = subprocess.run(_cmd(root / "shards", run), cwd=ROOT, env=_env("step00000004:enospc"), capture_output=True,
                        text=True, timeout=600)
-    assert r.returncode != 0 and "No space left on device" in r.stderr, r.stderr[-3000:]
+    assert r.returncode == 2 and "No space left on device" in r.stderr, r.stderr[-3000:]
+    # one line naming the checkpoint and the one kept, no traceback
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    line = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(line) == 1 and "step00000004" in line[0] and "still names step00000002" in line[0], r.stderr[-3000:]
     _step2_intact(run, root / "ref")
     _resume_matches(root, run, losses)
 
