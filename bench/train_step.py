@@ -2,6 +2,7 @@
 same shape, and MFU against the dense matmul rate measured in the same run.
 
     python bench/train_step.py [--size small] [--seq 1024] [--batch 2] [--precision fp32|bf16] [--steps 6]
+        [--compile]
 
 Prints: the machine's dense matmul FLOP/s (the peak), tokens/s and model FLOP/s of our step
 (DeepSpeed ZeRO-1, one rank), tokens/s of `transformers.LlamaForCausalLM` with the same widths
@@ -108,6 +109,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--compile", action="store_true", help="parallel.compile=true for our step (the reference stays eager)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--vocab", type=int, default=8192 + 512, help="text + video ids (padded to 128 by the layout)")
     args = p.parse_args()
@@ -122,7 +124,8 @@ def main() -> None:
     vocab = (args.vocab + 127) // 128 * 128
     cfg = load_config(None, [f"model.size={args.size}", f"model.max_seq_len={args.seq}", "parallel.zero_stage=1",
                              f"parallel.precision={args.precision}", f"optim.micro_batch_size={args.batch}",
-                             "optim.warmup_steps=0", f"optim.steps={args.steps + 10}"])
+                             "optim.warmup_steps=0", f"optim.steps={args.steps + 10}",
+                             f"parallel.compile={str(args.compile).lower()}"])
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     device = groups.device
     data = batches(vocab, args.batch, args.seq, args.steps + args.warmup, device)
@@ -142,7 +145,8 @@ def main() -> None:
     destroy_parallel()
 
     print(f"machine: {device.type}, {torch.get_num_threads()} threads; model {args.size} ({m.dim}x{m.n_layers}), "
-          f"vocab {vocab}, batch {args.batch} x {args.seq} tokens, {args.precision}")
+          f"vocab {vocab}, batch {args.batch} x {args.seq} tokens, {args.precision}"
+          f"{', compiled blocks' if args.compile else ''}")
     print(f"dense matmul peak (same run):   {peak / 1e9:9.1f} GFLOP/s")
     print(f"loong-dist step (DeepSpeed):    {tokens / t_ours:9.0f} tokens/s  {fpt * tokens / t_ours / 1e9:8.1f} GFLOP/s")
     print(f"reference (HF Llama + AdamW):   {tokens / t_ref:9.0f} tokens/s  {fpt * tokens / t_ref / 1e9:8.1f} GFLOP/s")
