@@ -4,8 +4,10 @@
 
 tokenizer: one 17-frame 128x128 clip from each manifest entry (up to --clips, seeded starts),
 encoded and decoded with the uint8 API; per-clip and mean PSNR and SSIM, the bilinear 8x reference
-on the same clips, codebook use (share of codes seen, perplexity); DIR/tokenizer_eval.json and one
-side-by-side GIF (original | reconstruction) per clip in DIR/tokenizer_eval/.
+on the same clips, codebook use (share of codes seen, perplexity); DIR/tokenizer_eval.json, one
+side-by-side GIF (original | reconstruction) per clip in DIR/tokenizer_eval/, and
+DIR/reconstructions.png: the first and last frame of one clip per video, original beside
+reconstruction.
 
     python -m jobs.evaluate generation --videos video.json --out DIR [--tokenizer T] [--window-s 10]
 
@@ -67,10 +69,24 @@ def evaluate_tokenizer(argv: list[str]) -> int:
               "frames": args.frames, "size": cfg.data.size, "fps": cfg.data.fps, "codebook_size": tok.codebook_size,
               **result}
     storage.write_text(str(out / "tokenizer_eval.json"), json.dumps(report, indent=2) + "\n")
+    write_reconstructions(out / "reconstructions.png", clips, recon, [entry.video for entry, _ in plan])
     log.info("tokenizer: PSNR %.2f dB (bilinear 8x reference %.2f dB), SSIM %.3f, %d clips; codes used %.2f%%, "
              "perplexity %.0f -> %s", report["psnr"], report["ref_psnr"], report["ssim"], len(clips),
              100 * report["used"], report["perplexity"], out / "tokenizer_eval.json")
     return 0
+
+
+def write_reconstructions(path: Path, clips, recon, videos: list[str], rows: int = 6) -> None:
+    """One row per video (its first clip, up to `rows`): first frame original | reconstruction,
+    then last frame original | reconstruction, with a 4-pixel white gutter between pairs."""
+    import numpy as np
+    from PIL import Image
+
+    first = list({video: i for i, video in reversed(list(enumerate(videos)))}.values())[::-1][:rows]
+    gutter = np.full((clips.shape[2], 4, 3), 255, np.uint8)
+    lines = [np.concatenate([clips[i, 0], recon[i, 0], gutter, clips[i, -1], recon[i, -1]], axis=1) for i in first]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(lines, axis=0)).save(path)
 
 
 def evaluate_generation(argv: list[str]) -> int:

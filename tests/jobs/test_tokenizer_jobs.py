@@ -51,6 +51,10 @@ def test_train_resume_and_evaluate(tmp_path, synthetic):
     report = json.loads((out / "tokenizer_eval.json").read_text())
     assert report["clips"] == 2 and len(report["per_clip"]) == 2 and 0 <= report["used"] <= 1
     assert (out / "tokenizer_eval" / "clip_001.gif").exists()
+    from PIL import Image
+    videos = {c["video"] for c in report["per_clip"]}
+    # one row per video; first and last frame, original | reconstruction, and a 4 px gutter
+    assert Image.open(out / "reconstructions.png").size == (4 * 64 + 4, 64 * len(videos))
 
 
 def test_train_tokenizer_without_manifest_is_one_line(tmp_path):
