@@ -6,8 +6,6 @@ workers (every key exactly once), one-line errors before any work, and `ray job 
 import io
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -15,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import webdataset as wds
 
@@ -29,6 +26,7 @@ from loong_dist.io.storage import join
 from loong_dist.io.video import read_clip
 from loong_dist.models.tokenizer import load_tokenizer
 from tests.fixtures.pretok import make_pretok_assets
+from tests.fixtures.ray_cluster import ray_head
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = str(Path(sys.executable))
@@ -221,49 +219,10 @@ def test_real_sample_clips(assets, sample_videos, tmp_path):
     assert {s.video_tokens for s in index.samples} == {64, 5 * 64}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_cluster(temp_dir: str, gcs_port: int) -> None:
-    """Stop only the Ray processes of this cluster (never `ray stop`, which stops every Ray on the
-    machine): those naming its temp dir or its GCS address, and their children."""
-    procs = {}
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in a or a.endswith(f":{gcs_port}") for a in p.info["cmdline"] or []):
-                procs[p.pid] = p
-                procs.update({c.pid: c for c in p.children(recursive=True)})
-        except psutil.Error:
-            pass
-    for p in procs.values():
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=10)
-    for p in alive:
-        p.kill()
-
-
 def test_ray_job_submit_against_a_head_node(assets, tmp_path):
-    temp_dir = f"/tmp/loong-ray-{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
-    port, dash, client = _free_port(), _free_port(), _free_port()
-    env = dict(os.environ, PATH=f"{Path(PY).parent}:{os.environ['PATH']}", RAY_USAGE_STATS_ENABLED="0",
-               RAY_AUTH_MODE="disabled")  # a private cluster on 127.0.0.1, torn down below
-    env.pop("RAY_ADDRESS", None)
-    ray_bin = str(Path(PY).parent / "ray")
-    try:
-        subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--node-ip-address", "127.0.0.1",
-                        "--port", str(port),
-                        "--ray-client-server-port", str(client),
-                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                        "--temp-dir", temp_dir, "--disable-usage-stats"], env=env, check=True, capture_output=True,
-                       timeout=120)
+    with ray_head("pretok", num_cpus=2) as (env, ray_bin, dashboard):
         out = tmp_path / "out"
-        r = subprocess.run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".",
+        r = subprocess.run([ray_bin, "job", "submit", "--address", dashboard, "--working-dir", ".",
                             "--", "python", "-m", "data_prep.pretokenize",
                             *_args(assets, assets / "syn" / "manifest.jsonl", out)],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
@@ -271,6 +230,3 @@ def test_ray_job_submit_against_a_head_node(assets, tmp_path):
         assert "succeeded" in r.stdout + r.stderr
         index = ShardIndex.load(str(out))
         assert index.totals["samples"] == 16 and len({s.key for s in index.samples}) == 16
-    finally:
-        _kill_cluster(temp_dir, port)
-        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -3,15 +3,13 @@ cluster on 127.0.0.1: two Ray Train CPU workers (gloo, DeepSpeed inside each) tr
 losses as two local ranks started by `--nproc 2`."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from loong_dist.io.storage import Storage
 from tests.data.test_shards_and_loader import make_samples, write_shards
-from tests.data_prep.test_pretokenize import _free_port, _kill_cluster
+from tests.fixtures.ray_cluster import ray_head
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -35,25 +33,11 @@ def test_ray_train_workers_match_local_ranks(tmp_path):
     subprocess.run([PY, *_args(shards, str(local), ["--nproc", "2"])], cwd=ROOT, check=True, capture_output=True,
                    timeout=600)
 
-    temp_dir = f"/tmp/loong-rt-{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
-    port, dash, client = _free_port(), _free_port(), _free_port()
-    env = dict(os.environ, PATH=f"{Path(PY).parent}:{os.environ['PATH']}", RAY_USAGE_STATS_ENABLED="0",
-               RAY_AUTH_MODE="disabled")  # a private cluster on 127.0.0.1, torn down below
-    env.pop("RAY_ADDRESS", None)
-    ray_bin = str(Path(PY).parent / "ray")
     out = tmp_path / "ray"
-    try:
-        subprocess.run([ray_bin, "start", "--head", "--num-cpus", "3", "--node-ip-address", "127.0.0.1",
-                        "--port", str(port), "--ray-client-server-port", str(client),
-                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                        "--temp-dir", temp_dir, "--disable-usage-stats"], env=env, check=True, capture_output=True,
-                       timeout=120)
-        r = subprocess.run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".",
+    with ray_head("rt", num_cpus=3) as (env, ray_bin, dashboard):
+        r = subprocess.run([ray_bin, "job", "submit", "--address", dashboard, "--working-dir", ".",
                             "--", "python", *_args(shards, str(out), ["--num-workers", "2"])],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
-    finally:
-        _kill_cluster(temp_dir, port)
-        shutil.rmtree(temp_dir, ignore_errors=True)
     assert _losses(out) == _losses(local)  # same ranks, same batches, same arithmetic
     assert (out / "model.safetensors").exists() and (out / "frame_loss.png").exists()
