@@ -79,21 +79,28 @@ def _resume_matches(root: Path, run: Path, losses: dict[int, float]) -> None:
     assert (run / "checkpoints" / "latest").read_text().strip() == "step00000006"
 
 
-def test_killed_during_save_keeps_the_previous_checkpoint(reference):
-    root, losses = reference
-    run = root / "killed"
-    proc = subprocess.Popen(_cmd(root / "shards", run), cwd=ROOT, env=_env("step00000004:hang"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+def _kill_once_torn(cmd: list[str], fault: str, run: Path, torn_glob: str, linger_s: float = 0) -> None:
+    """Run the job with the `fault` hook until a file matching `torn_glob` is half-written (plus
+    `linger_s`), then SIGKILL its process group: the job, its spawned ranks and their helpers."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(fault), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
     try:
         deadline = time.time() + 600
-        while not list(run.glob("checkpoints/step00000004/*.torn")):
+        while not list(run.glob(torn_glob)):
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.time() < deadline
             time.sleep(0.2)
+        time.sleep(linger_s)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the job, its spawned rank and their helpers, mid-write
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
         proc.stderr.close()
+
+
+def test_killed_during_save_keeps_the_previous_checkpoint(reference):
+    root, losses = reference
+    run = root / "killed"
+    _kill_once_torn(_cmd(root / "shards", run), "step00000004:hang", run, "checkpoints/step00000004/*.torn")
     torn = list(run.glob("checkpoints/step00000004/*.pt"))
     assert torn  # a half-written file really is on disk
     with pytest.raises(zipfile.BadZipFile):
@@ -121,17 +128,7 @@ def test_two_ranks_killed_while_rank1_writes_keeps_latest_on_the_previous_checkp
     run = root / "two-ranks"
     cmd = _cmd(root / "shards", run)
     cmd[cmd.index("--nproc") + 1] = "2"
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env("step00000004/zero_pp_rank_1_:hang"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 600
-        while not list(run.glob("checkpoints/step00000004/zero_pp_rank_1_*.torn")):
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.time() < deadline
-            time.sleep(0.2)
-        time.sleep(5)  # rank 0 is free meanwhile: its own files, then `latest`, then the barrier
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        proc.stderr.close()
+    # rank 0 is free for 5 s more meanwhile: its own files, then `latest`, then the barrier
+    _kill_once_torn(cmd, "step00000004/zero_pp_rank_1_:hang", run, "checkpoints/step00000004/zero_pp_rank_1_*.torn",
+                    linger_s=5)
     assert (run / "checkpoints" / "latest").read_text().strip() == "step00000002"
