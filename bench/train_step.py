@@ -2,12 +2,14 @@
 same shape, and MFU against the dense matmul rate measured in the same run.
 
     python bench/train_step.py [--size small] [--seq 1024] [--batch 2] [--precision fp32|bf16] [--steps 6]
-        [--compile]
+        [--zero-stages 0,1] [--compile]
 
 Prints: the machine's dense matmul FLOP/s (the peak), tokens/s and model FLOP/s of our step
-(DeepSpeed ZeRO-1, one rank), tokens/s of `transformers.LlamaForCausalLM` with the same widths
-trained by a plain AdamW loop on the same batches, the ratio, and MFU = model FLOP/s / peak.
-On a GPU it runs the same code on CUDA with NCCL.
+(the DeepSpeed engine on one rank, once per ZeRO stage asked for), tokens/s of
+`transformers.LlamaForCausalLM` with the same widths trained by a plain AdamW loop on the same
+batches, the ratios, and MFU = model FLOP/s / peak. On one rank stage 0 is what a run needs
+(nothing to partition); stage 1 shows what DeepSpeed's ZeRO bookkeeping costs there. On a GPU it
+runs the same code on CUDA with NCCL.
 
 Both models are built first, then their steps alternate (ours, reference, a peak matmul, ours,
 ...) and each is the median of its rounds, so load from other processes on a shared machine
@@ -109,6 +111,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--zero-stages", default="0,1", help="ZeRO stages of our step to time, comma-separated")
     p.add_argument("--compile", action="store_true", help="parallel.compile=true for our step (the reference stays eager)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--vocab", type=int, default=8192 + 512, help="text + video ids (padded to 128 by the layout)")
@@ -122,10 +125,12 @@ def main() -> None:
 
     groups = init_parallel(1)
     vocab = (args.vocab + 127) // 128 * 128
-    cfg = load_config(None, [f"model.size={args.size}", f"model.max_seq_len={args.seq}", "parallel.zero_stage=1",
-                             f"parallel.precision={args.precision}", f"optim.micro_batch_size={args.batch}",
-                             "optim.warmup_steps=0", f"optim.steps={args.steps + 10}",
-                             f"parallel.compile={str(args.compile).lower()}"])
+    stages = [int(z) for z in args.zero_stages.split(",")]
+    cfgs = {z: load_config(None, [f"model.size={args.size}", f"model.max_seq_len={args.seq}", f"parallel.zero_stage={z}",
+                                  f"parallel.precision={args.precision}", f"optim.micro_batch_size={args.batch}",
+                                  "optim.warmup_steps=0", f"optim.steps={args.steps + 10}",
+                                  f"parallel.compile={str(args.compile).lower()}"]) for z in stages}
+    cfg = cfgs[stages[0]]
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     device = groups.device
     data = batches(vocab, args.batch, args.seq, args.steps + args.warmup, device)
@@ -139,20 +144,22 @@ def main() -> None:
     def peak_step(tokens, targets):  # a matmul peak between the steps, same load
         peaks.append(matmul_peak(dtype, device, reps=3))
 
-    t = interleaved({"ours": ours(cfg, vocab, groups), "reference": reference(cfg, vocab, device, dtype),
-                     "peak": peak_step}, data, args.warmup, device)
-    t_ours, t_ref, peak = t["ours"] * args.steps, t["reference"] * args.steps, statistics.median(peaks)
+    steps = {f"ZeRO-{z}": ours(c, vocab, groups) for z, c in cfgs.items()}
+    t = interleaved({**steps, "reference": reference(cfg, vocab, device, dtype), "peak": peak_step}, data, args.warmup,
+                    device)
+    t_ref, peak = t["reference"] * args.steps, statistics.median(peaks)
     destroy_parallel()
 
     print(f"machine: {device.type}, {torch.get_num_threads()} threads; model {args.size} ({m.dim}x{m.n_layers}), "
           f"vocab {vocab}, batch {args.batch} x {args.seq} tokens, {args.precision}"
           f"{', compiled blocks' if args.compile else ''}")
     print(f"dense matmul peak (same run):   {peak / 1e9:9.1f} GFLOP/s")
-    print(f"loong-dist step (DeepSpeed):    {tokens / t_ours:9.0f} tokens/s  {fpt * tokens / t_ours / 1e9:8.1f} GFLOP/s")
-    print(f"reference (HF Llama + AdamW):   {tokens / t_ref:9.0f} tokens/s  {fpt * tokens / t_ref / 1e9:8.1f} GFLOP/s")
-    print(f"ratio ours / reference: {t_ref / t_ours:.2f}x   MFU: {fpt * tokens / t_ours / peak:.1%} "
-          f"(reference {fpt * tokens / t_ref / peak:.1%})")
-
+    for name in steps:
+        t_ours = t[name] * args.steps
+        print(f"loong-dist step, {name}:       {tokens / t_ours:9.0f} tokens/s  {fpt * tokens / t_ours / 1e9:8.1f} GFLOP/s"
+              f"   ratio {t_ref / t_ours:.2f}x   MFU {fpt * tokens / t_ours / peak:.1%}")
+    print(f"reference (HF Llama + AdamW):   {tokens / t_ref:9.0f} tokens/s  {fpt * tokens / t_ref / 1e9:8.1f} GFLOP/s"
+          f"   MFU {fpt * tokens / t_ref / peak:.1%}")
 
 if __name__ == "__main__":
     main()

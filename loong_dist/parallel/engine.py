@@ -147,6 +147,11 @@ def build_engine(model: nn.Module, cfg: Config, groups: ParallelGroups):
                                            config=deepspeed_config(cfg, groups), mpu=MegatronMPU(groups),
                                            dist_init_required=False)
     engine.checkpoint_engine = weights_only_checkpoint_engine(engine)
+    if groups.dp_size == 1 and cfg.parallel.zero_stage == 0:
+        # Without ZeRO, DeepSpeed all-reduces the gradients after backward through flat buffers
+        # (flatten, all-reduce, unflatten: two copies of every gradient); over one rank that is a
+        # sum of one term. ZeRO stages reduce inside their optimizers and keep their path.
+        engine.enable_backward_allreduce = False
     return engine
 
 

@@ -110,6 +110,32 @@ def test_zero_stages_match_one_process_and_resume_exactly(tmp_path):
     launch_local(_zero_worker, 2, str(tmp_path))
 
 
+def _one_rank_worker():
+    from loong_dist.parallel.engine import build_engine, build_model
+    from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
+
+    groups = init_parallel(tp_size=1, backend="gloo")
+    try:
+        cfg = _cfg(0)
+        torch.manual_seed(0)
+        engine = build_engine(build_model(cfg.model, VOCAB, groups, cfg.parallel), cfg, groups)
+        assert not engine.enable_backward_allreduce  # nothing to reduce over one rank
+        losses, lrs = [], []
+        for tokens, targets in _batches()[:STEPS]:
+            lrs.append(engine.get_lr()[0])
+            loss = engine(tokens, targets).mean()
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(_reference_losses(cfg, lrs)), rtol=1e-5, atol=0)
+    finally:
+        destroy_parallel()
+
+
+def test_one_rank_without_zero_skips_the_gradient_all_reduce_and_matches_one_process():
+    launch_local(_one_rank_worker, 1)
+
+
 def _compiled_worker():
     from loong_dist.parallel.engine import build_engine, build_model
     from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
