@@ -481,8 +481,14 @@ class TokenizerTrainConfig:
     """Optimizer steps between held-out PSNR/SSIM evaluations (and preview files)."""
     save_every: int = 200
     """Optimizer steps between checkpoints (DeepSpeed state + exported safetensors)."""
+    average_last: int = 1
+    """The exported `tokenizer.safetensors` holds the mean weights of the run's last N checkpoints
+    (the one just saved included; fewer while the run has fewer), as fairseq's
+    `average_checkpoints`; 1: the weights of the checkpoint alone. The checkpoints are read from
+    the run's folder, so a resumed run averages across the resume."""
 
     def __post_init__(self):
+        _check(self.average_last >= 1, "tokenizer_train.average_last", self.average_last, "must be >= 1")
         _check(self.clips >= 1, "tokenizer_train.clips", self.clips, "must be >= 1")
         _check(self.eval_clips >= 0, "tokenizer_train.eval_clips", self.eval_clips, "must be >= 0")
         _check(self.frames >= 1 and (self.frames - 1) % 4 == 0, "tokenizer_train.frames", self.frames,

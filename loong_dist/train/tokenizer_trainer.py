@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from loong_dist.config import Config
+from loong_dist.config import Config, ConfigError
 from loong_dist.data.clip_bank import build_clip_bank, load_or_build
 from loong_dist.data.manifest import read_manifest
 from loong_dist.evaluation.plots import line_chart
@@ -31,7 +31,7 @@ from loong_dist.evaluation.tokenizer_quality import evaluate_clips
 from loong_dist.io.storage import Storage
 from loong_dist.io.video import write_gif
 from loong_dist.models.tokenizer import VideoTokenizer, save_tokenizer
-from loong_dist.parallel.engine import build_engine, use_bf16
+from loong_dist.parallel.engine import build_engine, load_checkpoint_file, use_bf16
 from loong_dist.parallel.process_groups import ParallelGroups
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class TokenizerTrainer:
         # fp32 weights and optimizer in DeepSpeed, convs under bf16 autocast: the tokenizer keeps its
         # quantizer and output in float32 itself, which a bf16-cast module would fight.
         self.bf16 = use_bf16(cfg.parallel, groups.device)
+        if tt.average_last > 1 and cfg.parallel.zero_stage == 3:
+            raise ConfigError(f"config: tokenizer_train.average_last={tt.average_last}: needs whole weights in each "
+                              "checkpoint, which parallel.zero_stage=3 partitions; use stage 0-2 or average_last=1")
         fp32 = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, precision="fp32"))
         self.engine = build_engine(self.model, fp32, groups)
         self.step, self.wall = 0, 0.0
@@ -109,11 +112,28 @@ class TokenizerTrainer:
         self.engine.save_checkpoint(str(self.out / "checkpoints"), tag=f"step{self.step:08d}",
                                     client_state={"step": self.step, "wall": self.wall})
         if self.is_main:
-            save_tokenizer(self._fp32_model(), self.out / "tokenizer.safetensors")
+            save_tokenizer(self._export_model(), self.out / "tokenizer.safetensors")
 
     def _fp32_model(self) -> VideoTokenizer:
         model = VideoTokenizer(self.cfg.tokenizer)
         model.load_state_dict({k: v.float().cpu() for k, v in self.engine.module.state_dict().items()})
+        return model.eval()
+
+    def _export_model(self) -> VideoTokenizer:
+        """This checkpoint's weights, or the mean of the last `average_last` checkpoints' (read back
+        from the run's folder: DeepSpeed's model-states file holds the whole module below ZeRO-3)."""
+        n = self.cfg.tokenizer_train.average_last
+        if n == 1:
+            return self._fp32_model()
+        saved = sorted(d for d in (self.out / "checkpoints").glob("step*")
+                       if d.name[4:].isdigit() and int(d.name[4:]) <= self.step)[-n:]
+        total: dict[str, torch.Tensor] = {}
+        for d in saved:
+            for k, v in load_checkpoint_file(str(d / "mp_rank_00_model_states.pt"), "cpu")["module"].items():
+                total[k] = total.get(k, 0) + v.double()
+        model = VideoTokenizer(self.cfg.tokenizer)
+        model.load_state_dict({k: (v / len(saved)).float() for k, v in total.items()})
+        log.info("exported the mean weights of %s", ", ".join(d.name for d in saved))
         return model.eval()
 
     def resume(self) -> bool:

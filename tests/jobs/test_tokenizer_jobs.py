@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from loong_dist.models.tokenizer import load_tokenizer
 
@@ -41,9 +42,16 @@ def test_train_resume_and_evaluate(tmp_path, synthetic):
     tok = load_tokenizer(run / "tokenizer.safetensors")
     assert tok.latent_shape(5, 64, 64) == (2, 8, 8)
 
-    again = _run("jobs.train_tokenizer", *common, "optim.steps=6")
+    again = _run("jobs.train_tokenizer", *common, "optim.steps=6", "tokenizer_train.average_last=2")
     assert "resumed from" in again.stderr and "at step 4" in again.stderr
     assert [json.loads(line)["step"] for line in (run / "eval.jsonl").read_text().splitlines()][-1] == 6
+    # the export is the mean of the step-4 and step-6 checkpoints' weights, across the resume
+    states = [torch.load(run / "checkpoints" / f"step0000000{s}" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+              for s in (4, 6)]
+    exported = load_tokenizer(run / "tokenizer.safetensors").state_dict()
+    assert not torch.equal(states[0]["decoder.conv_out.conv.weight"], states[1]["decoder.conv_out.conv.weight"])
+    for k, v in exported.items():
+        torch.testing.assert_close(v, (states[0][k].double() + states[1][k].double()).div(2).float(), rtol=0, atol=1e-7)
 
     out = tmp_path / "eval"
     _run("jobs.evaluate", "tokenizer", "--checkpoint", str(run / "tokenizer.safetensors"), "--manifest", str(synthetic),
