@@ -179,6 +179,10 @@ class TokenizerTrainer:
         started = time.time()
         if self.step == 0:
             self.evaluate()
+        if self.step >= steps and self.is_main:  # a finished run started again: export with this config
+            save_tokenizer(self._export_model(), self.out / "tokenizer.safetensors")
+            log.info("nothing left to train (step %d of %d); exported %s again", self.step, steps,
+                     self.out / "tokenizer.safetensors")
         while self.step < steps:
             t0 = time.perf_counter()
             losses = self.train_step()

@@ -46,12 +46,20 @@ def test_train_resume_and_evaluate(tmp_path, synthetic):
     assert "resumed from" in again.stderr and "at step 4" in again.stderr
     assert [json.loads(line)["step"] for line in (run / "eval.jsonl").read_text().splitlines()][-1] == 6
     # the export is the mean of the step-4 and step-6 checkpoints' weights, across the resume
-    states = [torch.load(run / "checkpoints" / f"step0000000{s}" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
-              for s in (4, 6)]
-    exported = load_tokenizer(run / "tokenizer.safetensors").state_dict()
-    assert not torch.equal(states[0]["decoder.conv_out.conv.weight"], states[1]["decoder.conv_out.conv.weight"])
-    for k, v in exported.items():
-        torch.testing.assert_close(v, (states[0][k].double() + states[1][k].double()).div(2).float(), rtol=0, atol=1e-7)
+    states = {s: torch.load(run / "checkpoints" / f"step0000000{s}" / "mp_rank_00_model_states.pt",
+                            weights_only=False)["module"] for s in (2, 4, 6)}
+    assert not torch.equal(states[4]["decoder.conv_out.conv.weight"], states[6]["decoder.conv_out.conv.weight"])
+
+    def assert_mean_of(steps):
+        for k, v in load_tokenizer(run / "tokenizer.safetensors").state_dict().items():
+            mean = sum(states[s][k].double() for s in steps) / len(steps)
+            torch.testing.assert_close(v, mean.float(), rtol=0, atol=1e-7, msg=lambda m: f"{k}: {m}")
+
+    assert_mean_of([4, 6])
+    # a finished run started again trains nothing and exports with the new setting
+    done = _run("jobs.train_tokenizer", *common, "optim.steps=6", "tokenizer_train.average_last=3")
+    assert "nothing left to train (step 6 of 6)" in done.stderr
+    assert_mean_of([2, 4, 6])
 
     out = tmp_path / "eval"
     _run("jobs.evaluate", "tokenizer", "--checkpoint", str(run / "tokenizer.safetensors"), "--manifest", str(synthetic),
