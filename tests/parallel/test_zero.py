@@ -110,6 +110,18 @@ def test_zero_stages_match_one_process_and_resume_exactly(tmp_path):
     launch_local(_zero_worker, 2, str(tmp_path))
 
 
+def _train_one_rank(engine) -> tuple[list[float], list[float]]:
+    """STEPS steps on the whole batch; the losses and the learning rate of each step."""
+    losses, lrs = [], []
+    for tokens, targets in _batches()[:STEPS]:
+        lrs.append(engine.get_lr()[0])
+        loss = engine(tokens, targets).mean()
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    return losses, lrs
+
+
 def _one_rank_worker():
     from loong_dist.parallel.engine import build_engine, build_model
     from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
@@ -120,13 +132,7 @@ def _one_rank_worker():
         torch.manual_seed(0)
         engine = build_engine(build_model(cfg.model, VOCAB, groups, cfg.parallel), cfg, groups)
         assert not engine.enable_backward_allreduce  # nothing to reduce over one rank
-        losses, lrs = [], []
-        for tokens, targets in _batches()[:STEPS]:
-            lrs.append(engine.get_lr()[0])
-            loss = engine(tokens, targets).mean()
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
+        losses, lrs = _train_one_rank(engine)
         torch.testing.assert_close(torch.tensor(losses), torch.tensor(_reference_losses(cfg, lrs)), rtol=1e-5, atol=0)
     finally:
         destroy_parallel()
@@ -149,13 +155,7 @@ def _compiled_worker():
         names = [name for name, _ in model.named_parameters()]
         assert names == [name for name, _ in build_model(_cfg(1).model, VOCAB, groups, _cfg(1).parallel).named_parameters()]
         engine = build_engine(model, cfg, groups)
-        losses, lrs = [], []
-        for tokens, targets in _batches()[:STEPS]:
-            lrs.append(engine.get_lr()[0])
-            loss = engine(tokens, targets).mean()
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
+        losses, lrs = _train_one_rank(engine)
         assert all(type(block).__name__ == "Block" and block._compiled_call_impl is not None for block in model.blocks)
         # compiled kernels sum in another order than eager ones
         torch.testing.assert_close(torch.tensor(losses), torch.tensor(_reference_losses(cfg, lrs)), rtol=1e-4, atol=0)
