@@ -161,5 +161,6 @@ def main() -> None:
     print(f"reference (HF Llama + AdamW):   {tokens / t_ref:9.0f} tokens/s  {fpt * tokens / t_ref / 1e9:8.1f} GFLOP/s"
           f"   MFU {fpt * tokens / t_ref / peak:.1%}")
 
+
 if __name__ == "__main__":
     main()
