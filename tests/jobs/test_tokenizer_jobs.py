@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from loong_dist.models.tokenizer import load_tokenizer
+from loong_dist.parallel.engine import load_checkpoint_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["tokenizer.channels=8", "tokenizer.decoder_res_blocks=1", "tokenizer.num_res_blocks=1", "data.size=64",
@@ -46,8 +47,8 @@ def test_train_resume_and_evaluate(tmp_path, synthetic):
     assert "resumed from" in again.stderr and "at step 4" in again.stderr
     assert [json.loads(line)["step"] for line in (run / "eval.jsonl").read_text().splitlines()][-1] == 6
     # the export is the mean of the step-4 and step-6 checkpoints' weights, across the resume
-    states = {s: torch.load(run / "checkpoints" / f"step0000000{s}" / "mp_rank_00_model_states.pt",
-                            weights_only=False)["module"] for s in (2, 4, 6)}
+    states = {s: load_checkpoint_file(str(run / "checkpoints" / f"step0000000{s}" / "mp_rank_00_model_states.pt"))["module"]
+              for s in (2, 4, 6)}
     assert not torch.equal(states[4]["decoder.conv_out.conv.weight"], states[6]["decoder.conv_out.conv.weight"])
 
     def assert_mean_of(steps):
