@@ -471,6 +471,9 @@ class TokenizerTrainConfig:
     """Side of the random square crop each training clip is cut to (pixels, multiple of 8; 0: the
     whole frame). The model is fully convolutional, so it trains on crops and runs on full frames;
     a 64 px crop costs a quarter of a 128 px frame, for four times the optimizer steps."""
+    text_overlay: float = 0.0
+    """Share of training clips with on-screen text drawn over them (titles, subtitles, scrolling
+    credits: `loong_dist.data.text_overlay`), drawn per clip before the crop."""
     l1_weight: float = 1.0
     """Weight of the L1 reconstruction loss (pixels in [-1, 1])."""
     l2_weight: float = 1.0
@@ -499,6 +502,7 @@ class TokenizerTrainConfig:
                "needs one share >= 0 per manifest, not all 0")
         _check(self.crop >= 0 and self.crop % 8 == 0, "tokenizer_train.crop", self.crop,
                "must be 0 (whole frame) or a positive multiple of 8")
+        _check(0 <= self.text_overlay <= 1, "tokenizer_train.text_overlay", self.text_overlay, "must be in [0, 1]")
         _check(self.l1_weight >= 0 and self.l2_weight >= 0 and self.l1_weight + self.l2_weight > 0,
                "tokenizer_train.l1_weight", self.l1_weight, "L1 and L2 weights must be >= 0, not both 0")
         _check(self.fsq_bound_weight >= 0, "tokenizer_train.fsq_bound_weight", self.fsq_bound_weight, "must be >= 0")

@@ -2,12 +2,14 @@
 DeepSpeed engine builder as the transformer.
 
 Each step draws `optim.micro_batch_size` clips per rank from the clip bank with a generator seeded
-by (seed, step, rank) - so a resumed run draws the same clips - crops them to `tokenizer_train.crop`
-and flips half of them. Every `eval_every` steps the held-out clips (whole frames) are encoded and
-decoded with the uint8 API and scored (PSNR, SSIM, codebook use) against the bilinear 8x
-reference; the numbers go to TensorBoard and to `eval.jsonl` (with wall time: the PSNR against
-training time, drawn as `psnr_curve.png`), and `preview_<step>.gif` shows originals beside reconstructions. Checkpoints: DeepSpeed's (resume) plus the weights
-exported as `tokenizer.safetensors` (what load_tokenizer reads).
+by (seed, step, rank) - so a resumed run draws the same clips - draws text over a
+`tokenizer_train.text_overlay` share of them, crops them to `tokenizer_train.crop` and flips half
+(`draw_clips`). Every `eval_every` steps the held-out clips (whole frames) are encoded and decoded
+with the uint8 API and scored (PSNR, SSIM, codebook use) against the bilinear 8x reference; the
+numbers go to TensorBoard and to `eval.jsonl` (with wall time: the PSNR against training time,
+drawn as `psnr_curve.png`), and `preview_<step>.gif` shows originals beside reconstructions.
+Checkpoints: DeepSpeed's (resume) plus the weights exported as `tokenizer.safetensors` (what
+load_tokenizer reads).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from loong_dist.config import Config, ConfigError
 from loong_dist.data.clip_bank import build_clip_bank, load_or_build
 from loong_dist.data.manifest import read_manifest
+from loong_dist.data.text_overlay import overlay_text
 from loong_dist.evaluation.plots import line_chart
 from loong_dist.evaluation.tokenizer_quality import evaluate_clips
 from loong_dist.io.storage import Storage
@@ -35,6 +38,28 @@ from loong_dist.parallel.engine import build_engine, load_checkpoint_file, use_b
 from loong_dist.parallel.process_groups import ParallelGroups
 
 log = logging.getLogger(__name__)
+
+
+def draw_clips(bank: np.ndarray, n: int, seed: list[int], crop: int = 0, text_overlay: float = 0.0) -> torch.Tensor:
+    """n clips of `bank` (N, T, H, W, 3) uint8 drawn by a generator seeded with `seed`: a share
+    `text_overlay` with text drawn over them (from a stream of its own, so that without text the
+    draws are what they were), a random `crop` x `crop` window of each (0: whole frames), and a
+    horizontal flip of about half. Returns uint8 (n, T, crop or H, crop or W, 3)."""
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(bank), n, replace=False))
+    clips = np.ascontiguousarray(bank[idx])
+    if text_overlay:
+        text_rng = np.random.default_rng([*seed, 1])
+        for i in np.flatnonzero(text_rng.random(n) < text_overlay):
+            clips[i] = overlay_text(clips[i], text_rng)
+    clips = torch.from_numpy(clips)
+    if crop and crop < min(clips.shape[2:4]):
+        ys = rng.integers(0, clips.shape[2] - crop + 1, n)
+        xs = rng.integers(0, clips.shape[3] - crop + 1, n)
+        clips = torch.stack([c[:, y:y + crop, x_:x_ + crop] for c, y, x_ in zip(clips, ys, xs)])
+    flip = torch.from_numpy(rng.random(n) < 0.5)
+    clips[flip] = clips[flip].flip(3)
+    return clips
 
 
 class TokenizerTrainer:
@@ -77,18 +102,10 @@ class TokenizerTrainer:
                      tuple(self.bank.shape))
 
     def batch(self) -> torch.Tensor:
-        """This rank's clips for this step: float (b, 3, T, H, W) in [-1, 1], randomly cropped
-        to tokenizer_train.crop when set."""
-        rng = np.random.default_rng([self.cfg.run.seed, self.step, self.groups.dp_rank])
-        idx = np.sort(rng.choice(len(self.bank), self.cfg.optim.micro_batch_size, replace=False))
-        clips = torch.from_numpy(np.ascontiguousarray(self.bank[idx]))  # (b, T, H, W, 3) uint8
-        crop = self.cfg.tokenizer_train.crop
-        if crop and crop < min(clips.shape[2:4]):
-            ys = rng.integers(0, clips.shape[2] - crop + 1, len(idx))
-            xs = rng.integers(0, clips.shape[3] - crop + 1, len(idx))
-            clips = torch.stack([c[:, y:y + crop, x_:x_ + crop] for c, y, x_ in zip(clips, ys, xs)])
-        flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
-        clips[flip] = clips[flip].flip(3)
+        """This rank's clips for this step: float (b, 3, T, H, W) in [-1, 1] (`draw_clips`)."""
+        tt = self.cfg.tokenizer_train
+        clips = draw_clips(self.bank, self.cfg.optim.micro_batch_size, [self.cfg.run.seed, self.step, self.groups.dp_rank],
+                           crop=tt.crop, text_overlay=tt.text_overlay)
         x = clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (b, 3, T, H, W)
         return x.to(self.groups.device)
 
