@@ -38,6 +38,7 @@ def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
 
 
 def _word(rng: np.random.Generator) -> str:
+    """2-9 letters, the frequent ones more often."""
     weights = 1.0 / np.arange(1, len(LETTERS) + 1) ** 0.8
     letters = rng.choice(list(LETTERS), int(rng.integers(2, 10)), p=weights / weights.sum())
     return "".join(letters)
@@ -83,8 +84,10 @@ def text_layer(rng: np.random.Generator, width: int, height: int) -> tuple[np.nd
 def overlay_text(clip: np.ndarray, rng: np.random.Generator, motion: str | None = None) -> np.ndarray:
     """`clip` (T, H, W, 3) uint8 with a block of text drawn over it (a new array); `motion` one
     of MOTIONS, drawn when None."""
+    if motion is not None and motion not in MOTIONS:
+        raise ValueError(f"overlay_text: motion={motion!r}: must be one of {', '.join(MOTIONS)}")
     t, h, w, _ = clip.shape
-    drawn = MOTIONS[rng.integers(len(MOTIONS))]
+    drawn = MOTIONS[rng.integers(len(MOTIONS))]  # drawn either way: a given motion keeps the stream
     motion = motion or drawn
     speed = rng.uniform(0.5, 3.0) if motion == "scroll" else 0.0
     travel = int(np.ceil(speed * (t - 1)))

@@ -62,3 +62,8 @@ def test_training_draws_put_text_on_a_share_and_keep_the_rest_as_without_text():
     assert 0 < sum(same) < 8  # the same clips, crops and flips; text on some of them
     assert not any(torch.equal(a, b) for a, b in zip(plain, draw_clips(bank, 8, [0, 7, 0], crop=32, text_overlay=1.0)))
     assert torch.equal(texted, draw_clips(bank, 8, [0, 7, 0], crop=32, text_overlay=0.5))
+
+
+def test_an_unknown_motion_is_named():
+    with pytest.raises(ValueError, match="motion='slide'"):
+        overlay_text(BLACK, np.random.default_rng(0), motion="slide")
