@@ -56,7 +56,7 @@ def _line(rng: np.random.Generator, font: ImageFont.FreeTypeFont, room: float) -
 
 
 def text_layer(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Colour (height, width, 3) and coverage (height, width) in [0, 1] of a block of text lines:
+    """Colour (3,) and coverage (height, width) in [0, 1] of a block of text lines:
     one column or two (name - role, as credits are), one font and colour per block."""
     font = _font(FONT_FILES[rng.integers(len(FONT_FILES))], int(rng.integers(FONT_SIZES[0], FONT_SIZES[1] + 1)))
     line_h = int(font.size * rng.uniform(1.1, 1.8))
@@ -78,7 +78,7 @@ def text_layer(rng: np.random.Generator, width: int, height: int) -> tuple[np.nd
         colour = np.full(3, rng.uniform(200, 255))  # white or near-white, the usual
     else:
         colour = rng.uniform(0, 255, 3)
-    return np.broadcast_to(colour.astype(np.float32), (height, width, 3)), alpha
+    return colour.astype(np.float32), alpha
 
 
 def overlay_text(clip: np.ndarray, rng: np.random.Generator, motion: str | None = None) -> np.ndarray:
@@ -100,5 +100,5 @@ def overlay_text(clip: np.ndarray, rng: np.random.Generator, motion: str | None 
         a = alpha[top:top + h]
         if motion == "fade":
             a = a * min(1.0, (i + 1) / max(1.0, (t - 1) / 2))
-        out[i] = out[i] * (1 - a[..., None]) + colour[top:top + h] * a[..., None]
+        out[i] = out[i] * (1 - a[..., None]) + colour * a[..., None]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
