@@ -33,27 +33,40 @@ def psnr(a, b) -> float:
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The 1-D Gaussian (size,); the 2-D window is its outer product, applied as two 1-D passes."""
     g = torch.exp(-((torch.arange(size, dtype=torch.float64) - size // 2) ** 2) / (2 * sigma ** 2))
-    g = g / g.sum()
-    return torch.outer(g, g)[None, None]  # (1, 1, size, size)
+    return g / g.sum()
 
 
-def ssim(a, b) -> float:
-    """Mean SSIM between two uint8 videos (..., H, W, 3) of the same shape."""
-    x, y = _as_float(a), _as_float(b)
-    if x.shape != y.shape:
-        raise ValueError(f"shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
-    h, w = x.shape[-3:-1]
-    x = x.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, 1, h, w)  # (frames * 3, 1, H, W)
-    y = y.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
-    win = _gaussian_window()
+def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """'valid' Gaussian filter of (N, 1, H, W): rows then columns, the separable form of the 11x11
+    window (a 2-D conv unfolds 121 copies of every image; this unfolds 11 per pass)."""
+    return F.conv2d(F.conv2d(x, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
+
+
+def ssim(a, b, frames_per_chunk: int = 16) -> float:
+    """Mean SSIM between two uint8 videos (..., H, W, 3) of the same shape.
+
+    Frames go through in chunks of `frames_per_chunk`, so memory stays bounded for long clips
+    (float64 filtering of 120 full frames at once took 8 GiB)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    h, w = a.shape[-3:-1]
+    a, b = np.reshape(a, (-1, h, w, 3)), np.reshape(b, (-1, h, w, 3))
+    g = _gaussian_window()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_x, mu_y = F.conv2d(x, win), F.conv2d(y, win)
-    sxx = F.conv2d(x * x, win) - mu_x ** 2
-    syy = F.conv2d(y * y, win) - mu_y ** 2
-    sxy = F.conv2d(x * y, win) - mu_x * mu_y
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return float(s.mean())
+    total, count = 0.0, 0
+    for i in range(0, len(a), frames_per_chunk):
+        x = _as_float(a[i:i + frames_per_chunk]).permute(0, 3, 1, 2).reshape(-1, 1, h, w)  # (frames * 3, 1, H, W)
+        y = _as_float(b[i:i + frames_per_chunk]).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
+        mu_x, mu_y = _blur(x, g), _blur(y, g)
+        sxx = _blur(x * x, g) - mu_x ** 2
+        syy = _blur(y * y, g) - mu_y ** 2
+        sxy = _blur(x * y, g) - mu_x * mu_y
+        s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+        total, count = total + float(s.sum()), count + s.numel()
+    return total / count
 
 
 def bilinear_reference(video, factor: int = 8) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from loong_dist.evaluation.video_metrics import bilinear_reference, psnr, ssim
 from loong_dist.io.video import read_clip
@@ -31,3 +33,26 @@ def test_bilinear_reference_keeps_smooth_content():
     smooth = np.stack([x * 4, y * 4, (x + y) * 2], -1).clip(0, 255).astype(np.uint8)[None]
     noise = np.random.default_rng(0).integers(0, 256, smooth.shape, dtype=np.uint8)
     assert psnr(smooth, bilinear_reference(smooth)) > 30 > psnr(noise, bilinear_reference(noise))
+
+
+def _ssim_direct(a: np.ndarray, b: np.ndarray) -> float:
+    """Wang et al. 2004 written out with one 11x11 2-D window over all frames at once: the
+    reference for the separable, chunked `ssim`."""
+    h, w = a.shape[-3:-1]
+    x, y = (torch.from_numpy(v).double().reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
+            for v in (a, b))
+    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5 ** 2))
+    win = torch.outer(g, g)[None, None] / g.sum() ** 2
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = F.conv2d(x, win), F.conv2d(y, win)
+    sxx, syy, sxy = (F.conv2d(p, win) - q for p, q in ((x * x, mx ** 2), (y * y, my ** 2), (x * y, mx * my)))
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    return float(s.mean())
+
+
+def test_ssim_matches_the_direct_2d_window_in_any_chunking(sample_videos):
+    pristine = read_clip(sample_videos / "videos" / "carphone_pristine.mp4", num_frames=9, size=None)
+    distorted = read_clip(sample_videos / "videos" / "carphone_distorted.mp4", num_frames=9, size=None)
+    expected = _ssim_direct(pristine, distorted)
+    for chunk in (1, 4, 9, 16):
+        assert ssim(pristine, distorted, frames_per_chunk=chunk) == pytest.approx(expected, rel=1e-12, abs=1e-12)
