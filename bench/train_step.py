@@ -2,7 +2,7 @@
 same shape, and MFU against the dense matmul rate measured in the same run.
 
     python bench/train_step.py [--size small] [--seq 1024] [--batch 2] [--precision fp32|bf16] [--steps 6]
-        [--zero-stages 0,1] [--compile]
+        [--zero-stages 0,1] [--compile] [--attention sdpa|blocked]
 
 Prints: the machine's dense matmul FLOP/s (the peak), tokens/s and model FLOP/s of our step
 (the DeepSpeed engine on one rank, once per ZeRO stage asked for), tokens/s of
@@ -113,6 +113,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--zero-stages", default="0,1", help="ZeRO stages of our step to time, comma-separated")
     p.add_argument("--compile", action="store_true", help="parallel.compile=true for our step (the reference stays eager)")
+    p.add_argument("--attention", choices=["sdpa", "blocked"], default="sdpa",
+                   help="model.attention of our step (blocked pays with --compile on CPU; the reference keeps sdpa)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--vocab", type=int, default=8192 + 512, help="text + video ids (padded to 128 by the layout)")
     args = p.parse_args()
@@ -129,7 +131,8 @@ def main() -> None:
     cfgs = {z: load_config(None, [f"model.size={args.size}", f"model.max_seq_len={args.seq}", f"parallel.zero_stage={z}",
                                   f"parallel.precision={args.precision}", f"optim.micro_batch_size={args.batch}",
                                   "optim.warmup_steps=0", f"optim.steps={args.steps + 10}",
-                                  f"parallel.compile={str(args.compile).lower()}"]) for z in stages}
+                                  f"parallel.compile={str(args.compile).lower()}", f"model.attention={args.attention}"])
+            for z in stages}
     cfg = cfgs[stages[0]]
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     device = groups.device
@@ -152,7 +155,7 @@ def main() -> None:
 
     print(f"machine: {device.type}, {torch.get_num_threads()} threads; model {args.size} ({m.dim}x{m.n_layers}), "
           f"vocab {vocab}, batch {args.batch} x {args.seq} tokens, {args.precision}"
-          f"{', compiled blocks' if args.compile else ''}")
+          f"{', compiled blocks' if args.compile else ''}, {args.attention} attention")
     print(f"dense matmul peak (same run):   {peak / 1e9:9.1f} GFLOP/s")
     for name in steps:
         t_ours = t[name] * args.steps

@@ -34,6 +34,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "base.yaml"
 
 
+ATTENTION_KINDS = ("sdpa", "blocked")
+
+
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
     if not ok:
         raise ConfigError(f"config: {key}={value!r}: {why}")
@@ -251,6 +254,17 @@ class ModelConfig:
     the backward pass (0: all at once). Float32 logits over a 64k vocabulary take 256 KiB per token;
     8,192 tokens at once would hold 2 GiB of logits, and as much again for their gradient."""
 
+    attention: str = "sdpa"
+    """Causal self-attention of the training forward. "sdpa": torch's scaled_dot_product_attention
+    (flash kernels on CUDA and CPU). "blocked": queries in blocks of `attention_block` positions,
+    each block against the keys up to its own end only, in plain torch ops, rounding as
+    Megatron-LM's unfused attention does (bf16 scores, float32 softmax); with parallel.compile on
+    CPU inductor fuses the scale, mask and softmax around the bf16 matmuls, 1.5-1.9x faster than
+    torch's CPU flash kernel forward + backward (bench/attention.py). Uncompiled it is slower; on
+    GPUs keep sdpa. Decoding with a KV cache always uses sdpa."""
+    attention_block: int = 256
+    """Query block (positions) of attention="blocked"."""
+
     def __post_init__(self):
         from loong_dist.models.ar.sizes import MODEL_SIZES
         _check(self.size in MODEL_SIZES, "model.size", self.size, f"must be one of {', '.join(MODEL_SIZES)}")
@@ -267,6 +281,9 @@ class ModelConfig:
         _check(self.max_seq_len >= 2, "model.max_seq_len", self.max_seq_len, "must be >= 2")
         _check(self.loss_chunk_tokens >= 0, "model.loss_chunk_tokens", self.loss_chunk_tokens, "must be >= 0 (0: off)")
         _check(self.vocab_multiple >= 1, "model.vocab_multiple", self.vocab_multiple, "must be >= 1")
+        _check(self.attention in ATTENTION_KINDS, "model.attention", self.attention,
+               f"must be one of {', '.join(ATTENTION_KINDS)}")
+        _check(self.attention_block >= 1, "model.attention_block", self.attention_block, "must be >= 1")
 
     @property
     def head_dim(self) -> int:

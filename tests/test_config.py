@@ -44,6 +44,8 @@ def test_comma_list_from_flag():
     (["modle.n_layers=4"], "unknown config key 'modle' (did you mean 'model'?)"),
     (["model.size=huge"], "model.size='huge': must be one of tiny, small, 125m, 1b, 7b"),
     (["model.n_heads=3"], "model.n_heads=3: must divide model.dim=64"),
+    (["model.attention=flash"], "model.attention='flash': must be one of sdpa, blocked"),
+    (["model.attention_block=0"], "model.attention_block=0: must be >= 1"),
     (["data.fpss=4"], "unknown config key 'data.fpss' (did you mean 'data.fps'?)"),
     (["data.size=big"], "data.size='big': expected an integer"),
     (["data.size=100"], "data.size=100: must be a multiple of 8"),

@@ -18,6 +18,10 @@ tensor-parallel shard. `w_gate_up` stacks [gate; up] (contiguous halves, which e
 kernels want); it says so with `fused_parts = 2`, and tensor parallelism splits each half on its
 own (a rank holds [its gate rows; its up rows], as in Megatron).
 
+Attention in training is torch's `scaled_dot_product_attention` (flash kernels), or with
+`model.attention="blocked"` the same causal attention by query blocks in plain torch ops
+(`blocked_causal_attention`), which torch.compile turns into faster CPU code than the flash kernel.
+
 Incremental decoding: `forward(tokens, cache=KVCache(...))` appends the keys and values of
 `tokens` to the cache and attends over everything cached; positions continue from `cache.pos`.
 The cache holds this rank's heads only, sized from the projections' output, so the same code runs
@@ -126,6 +130,35 @@ def fuse_qkv(wq: Tensor, wk: Tensor, wv: Tensor, n_kv_heads: int) -> Tensor:
     return torch.cat([q, wk.unflatten(0, (k, 1, -1)), wv.unflatten(0, (k, 1, -1))], dim=1).flatten(0, 2)
 
 
+def blocked_causal_attention(q: Tensor, k: Tensor, v: Tensor, block: int) -> Tensor:
+    """Causal attention of q (b, n, s, d) over k, v (b, k, s, d), n a multiple of k (query head i
+    reads key/value head i // (n/k)), one block of `block` queries at a time against the keys up to
+    that block's end: score blocks above the diagonal are never formed. Same result as
+    `F.scaled_dot_product_attention(q, k, v, is_causal=True)` to rounding (tests).
+
+    Rounding in bf16 is that of Megatron-LM's unfused attention: the scores leave the matmul in
+    bf16, softmax runs in float32, the probabilities go back to bf16 for the product with v (flash
+    kernels keep the scores in float32: a few times less error, see the test). What it buys: under
+    torch.compile each block's scale, mask and softmax fuse into one loop between two bf16
+    matmuls, where torch's CPU flash kernel runs small tiles at a fraction of the matmul rate."""
+    b, n, s, d = q.shape
+    g = k.shape[1]
+    q = q.view(b, g, n // g, s, d)  # (b, k, r, s, d)
+    k, v = k[:, :, None], v[:, :, None]  # (b, k, 1, s, d)
+    scale = 1.0 / math.sqrt(d)
+    score_dtype = torch.promote_types(q.dtype, torch.float32)  # float32 for bf16/fp16, else as given
+    out = []
+    for start in range(0, s, block):
+        end = min(start + block, s)
+        scores = q[:, :, :, start:end] @ k[:, :, :, :end].transpose(-1, -2)  # (b, k, r, q, end)
+        scores = scores.to(score_dtype) * scale
+        rows = torch.arange(start, end, device=q.device)[:, None]
+        future = torch.arange(end, device=q.device)[None, :] > rows  # (q, end)
+        p = scores.masked_fill(future, float("-inf")).softmax(-1).to(v.dtype)
+        out.append(p @ v[:, :, :, :end])  # (b, k, r, q, d)
+    return torch.cat(out, dim=3).view(b, n, s, d)
+
+
 class KVCache:
     """Keys and values of every position seen so far, one (b, k, c, d) pair per block.
 
@@ -188,6 +221,8 @@ class Attention(nn.Module):
         super().__init__()
         self.head_dim = cfg.head_dim
         self.group = cfg.n_heads // cfg.n_kv_heads  # query heads per key/value head
+        self.blocked = cfg.attention == "blocked"
+        self.block = cfg.attention_block
         init, out_init = normal_init(cfg.init_std), normal_init(cfg.init_std / math.sqrt(2 * cfg.n_layers))
         self.wqkv = spec.column_linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, init)
         self.wo = spec.row_linear(cfg.n_heads * cfg.head_dim, cfg.dim, out_init)
@@ -200,7 +235,9 @@ class Attention(nn.Module):
         k, v = qk[..., -1, :], qkv[..., -1, :]  # (b, s, k, d)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (b, n|k, s, d)
         gqa = q.shape[1] != k.shape[1]
-        if cache is None:
+        if cache is None and self.blocked:
+            y = blocked_causal_attention(q, k, v, self.block)
+        elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             mask = cache.mask(s, x.device)
