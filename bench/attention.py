@@ -5,10 +5,11 @@ torch's scaled_dot_product_attention (the flash kernel) on the same tensors, in 
         [--repeats 5]
 
 Prints, per shape (batch x heads x positions x head width): milliseconds of one forward and
-backward of each kernel, its causal FLOP/s (4 matmuls of half the score matrix forward and
-backward: 2 forward + 4 backward multiplications of b*h*s*s*d/2 each, no recompute counted),
-the ratio to sdpa, the largest output difference from sdpa, and the bf16 matmul rate of this
-machine measured in the same run (a 2048^3 product), so the kernels' share of it shows.
+backward of each kernel, its causal FLOP/s (six products over half the score matrix, 2 forward
+and 4 backward, of b*h*s*s*d/2 multiply-adds each; a kernel's recompute is not counted), the
+ratio to sdpa, the largest output difference from sdpa, and the matmul rate of this machine in
+the dtype measured in the same run (bench/train_step.py's 2048^3 peak), so the kernels' share of
+it shows.
 Timings are the median of --repeats after one warm-up (the compile).
 """
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 from loong_dist.cli import keep_freed_memory
 from loong_dist.models.ar.model import blocked_causal_attention
+from train_step import matmul_peak  # bench/ is on the path of a script run from it: the MFU benchmark's peak
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -35,11 +37,6 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n ** 3 / median_seconds(lambda: a @ b, repeats)
 
 
 def main() -> None:
@@ -59,7 +56,7 @@ def main() -> None:
         return blocked_causal_attention(q, k, v, args.block)
 
     kernels = {"sdpa (flash)": sdpa, "blocked, compiled": torch.compile(blocked), "blocked, eager": blocked}
-    peak = matmul_rate(dtype)
+    peak = matmul_peak(dtype, torch.device("cpu"))
     print(f"machine: cpu, {torch.get_num_threads()} threads; {args.dtype}; {args.dtype} matmul rate "
           f"(same run): {peak / 1e9:.1f} GFLOP/s; block {args.block}")
     for shape in args.shapes.split(","):
