@@ -1,17 +1,24 @@
 """Render procedural captioned clips: one shape with attributes, and a caption made from them.
 
     python -m data_prep.synthetic --n N --frames 1,17,65 --size 64|128 --out DIR
+    python -m data_prep.synthetic --prompts N --out DIR [synthetic.held_out=0.2]
 
 Writes DIR/videos/syn-000000.mp4 ..., DIR/manifest.jsonl (video, caption, split, attributes,
 frames, fps, size, source), DIR/config.yaml and DIR/preview.png (frame strips of the first clips
 under their captions). Clip i has frames[i % len(frames)] frames and the attributes
 `attributes_for(i, run.seed)`, so the same config gives the same clips and the same manifest.
 An mp4 left by an earlier run with the same seed, frames, size and fps is kept (a resume).
+
+With --prompts N it renders nothing and writes DIR/prompts.jsonl: N captions of held-out
+appearances (`synthetic.held_out`, `synthetic.split_seed`: the same ones a training corpus with
+those settings leaves out), no two with the same six attributes, each with its attributes, for
+jobs.generate --prompts-file and jobs.evaluate generation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing as mp
 import os
 import time
@@ -25,7 +32,8 @@ from tqdm import tqdm
 from loong_dist.cli import job_parser, resolve_config, run_job
 from loong_dist.config import save_config
 from loong_dist.data.manifest import ManifestEntry, write_manifest
-from loong_dist.data.synthetic import attributes_for, caption, render_clip, split_for
+from loong_dist.data.synthetic import (attributes_for, caption, held_out_appearances, held_out_prompts,
+                                      render_clip, split_for)
 from loong_dist.errors import ConfigError
 from loong_dist.io.storage import is_s3
 from loong_dist.io.video import frame_strip, write_mp4
@@ -65,24 +73,47 @@ def _preview(clips: list[np.ndarray], captions: list[str], size: int) -> Image.I
     return sheet
 
 
+def write_prompts(out: Path, n: int, cfg) -> Path:
+    syn = cfg.synthetic
+    held = held_out_appearances(syn.held_out, syn.split_seed)
+    if not held:
+        raise ConfigError(f"config: synthetic.held_out={syn.held_out}: no appearance is held out to take prompts from")
+    try:
+        prompts = held_out_prompts(n, cfg.run.seed, held, max(syn.frames))
+    except ValueError as e:
+        raise ConfigError(f"--prompts {n}: {e}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "prompts.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    print(f"synthetic: {len(prompts)} held-out prompts ({len(held)} appearances held out) -> {path}")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = job_parser("python -m data_prep.synthetic", __doc__.splitlines()[0], ALIASES,
-                      sections=("run", "synthetic")).parse_args(argv)
+    parser = job_parser("python -m data_prep.synthetic", __doc__.splitlines()[0], ALIASES,
+                        sections=("run", "synthetic"))
+    parser.add_argument("--prompts", type=int, default=0, metavar="N",
+                        help="write N held-out prompts (prompts.jsonl) instead of rendering clips")
+    args = parser.parse_args(argv)
     cfg = resolve_config(args, ALIASES)
     syn, seed = cfg.synthetic, cfg.run.seed
     if is_s3(cfg.run.out_dir):
         raise ConfigError(f"config: run.out_dir={cfg.run.out_dir!r}: synthetic clips are written to a local folder")
     out = Path(cfg.run.out_dir)
+    if args.prompts:
+        write_prompts(out, args.prompts, cfg)
+        return 0
     keep_existing = _same_pixels(out / "config.yaml", cfg)
     save_config(cfg, out / "config.yaml")  # before rendering: it describes every mp4 in videos/
 
     start, entries, todo = time.perf_counter(), [], []
+    held = held_out_appearances(syn.held_out, syn.split_seed)
     for i in range(syn.n):
         num_frames = syn.frames[i % len(syn.frames)]
         attrs = attributes_for(i, seed, num_frames)
         path = out / "videos" / f"syn-{i:06d}.mp4"
         entries.append(ManifestEntry(str(path), caption(attrs, num_frames), extra={
-            "split": split_for(i, seed, syn.held_out), "attributes": attrs, "frames": num_frames,
+            "split": split_for(attrs, held), "attributes": attrs, "frames": num_frames,
             "fps": syn.fps, "size": syn.size, "source": "synthetic"}))
         if not (keep_existing and path.is_file()):
             todo.append((str(path), attrs, num_frames, syn.size, syn.fps))

@@ -3,6 +3,12 @@
 Every clip is drawn from its attributes alone, and its caption is made from the same attributes,
 so a program can check generated pixels against a prompt (`detect_attributes`).
 
+The frame is a torus: a shape that leaves one edge comes back in at the opposite one, as in the
+old arcade games. A minute-long video of "moving right slowly" (480 frames at 8 fps, 1.9 frame
+widths of travel) therefore still shows its shape, moving right at the same speed, in its last
+seconds; with straight paths it would leave the picture after a few seconds, and no caption could
+be checked there.
+
 Attributes (a JSON-friendly dict; `attributes_for(index, seed)` is a pure function of both):
     shape       one of SHAPES                     colour      one of COLOURS (the shape's fill)
     size        "small" | "large" (SIZES)         background  one of BACKGROUNDS, contrasting with colour
@@ -12,8 +18,14 @@ Attributes (a JSON-friendly dict; `attributes_for(index, seed)` is a pure functi
 
 Units: positions, sizes and speeds are fractions of the frame side (speeds per frame), so one
 set of attributes renders the same scene at 64 or 128 pixels. Speeds are constant per frame
-whatever the clip length, and the start is placed so that the whole 65-frame path (MAX_FRAMES)
-stays inside the frame with a margin: a shorter clip is the first frames of the longer one.
+whatever the clip length, so a shorter clip is the first frames of a longer one. The start is
+uniform on the torus, so every frame of every clip, the first included, may show the shape split
+over two edges: a long video extended from the tail of the last clip starts its next clip from
+such a frame, and training has shown the model frames like it at every position.
+
+Held-out appearances: `held_out_appearances(share, seed)` picks a fixed share of the 240
+(shape, colour, size, background) combinations; every clip showing one is split=held_out, so a
+model trained on the train split never saw any of them, in any motion (`split_for`).
 
 Notation: T frames, H x W pixels (H = W = the `size` argument); pixel (row i, column j) covers
 [i, i + 1) x [j, j + 1), so its centre is at (i + 0.5, j + 0.5). Everything is numpy.
@@ -40,11 +52,8 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "
 SPEEDS = {"slow": 0.004, "fast": 0.008}
 """Displacement per frame (fraction of the frame side); fast x 64 frames fits the large size's room."""
 ADVERBS = {"slow": "slowly", "fast": "quickly"}
-MARGIN = 1 / 16
-"""Gap kept between the shape's bounding box and the frame edge (fraction of the frame side): with
-the anti-aliased edge, at least one pixel of pure background from 32 x 32 pixels up."""
 MAX_FRAMES = 65
-"""Longest clip whose path is guaranteed to stay inside the frame."""
+"""Longest training clip of the recipe (65 frames = 17 latent frames); longer ones render too."""
 
 # Area of the filled shape over side^2, and its centroid's offset below the bounding-box centre
 # (fraction of the side): what `detect_attributes` needs to fit a template to a mask.
@@ -58,11 +67,6 @@ def backgrounds_for(colour: str) -> list[str]:
     return [b for b, rgb in BACKGROUNDS.items() if np.linalg.norm(c - rgb) >= MIN_CONTRAST]
 
 
-def _centre_range(side: float) -> tuple[float, float]:
-    """Lowest and highest centre coordinate (fraction) that keeps the bounding box inside the margin."""
-    return MARGIN + side / 2, 1.0 - MARGIN - side / 2
-
-
 def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES) -> dict[str, Any]:
     """Draw one clip's attributes. The draws do not depend on `num_frames`; a single frame (an
     image) only reports motion "still" and speed None, since no motion can be seen in it."""
@@ -73,14 +77,7 @@ def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES) ->
     size = list(SIZES)[rng.integers(len(SIZES))]
     motion = MOTIONS[rng.integers(len(MOTIONS))]
     speed = list(SPEEDS)[rng.integers(len(SPEEDS))]
-    lo, hi = _centre_range(SIZES[size])
-    u = rng.random(2)
-    travel = 0.0 if motion == "still" else SPEEDS[speed] * (MAX_FRAMES - 1)
-    start = []
-    for axis in range(2):  # along the motion the start leaves room for the whole path
-        step = DIRECTIONS[motion][axis]
-        a, b = (lo, hi - travel) if step > 0 else (lo + travel, hi) if step < 0 else (lo, hi)
-        start.append(round(float(a + u[axis] * (b - a)), 4))
+    start = [round(float(u), 4) for u in rng.random(2)]  # anywhere on the torus, frame 0 included
     if motion == "still" or num_frames == 1:
         motion, speed = "still", None
     return {"shape": shape, "colour": colour, "size": size, "motion": motion, "speed": speed,
@@ -92,10 +89,67 @@ def attributes_for(index: int, seed: int, num_frames: int = MAX_FRAMES) -> dict[
     return sample_attributes(np.random.default_rng([seed, index]), num_frames)
 
 
-def split_for(index: int, seed: int, held_out: float) -> str:
-    """"held_out" with probability `held_out`, else "train"; per clip, so it stays put as n grows."""
-    u = np.random.default_rng([seed, index, 1]).random()  # a stream apart from the attributes'
-    return "held_out" if u < held_out else "train"
+APPEARANCE = ("shape", "colour", "size", "background")
+"""The attributes one frame shows; a clip's motion and speed come on top."""
+
+
+def appearance(attrs: dict[str, Any]) -> tuple[str, str, str, str]:
+    return tuple(attrs[k] for k in APPEARANCE)
+
+
+def all_appearances() -> list[tuple[str, str, str, str]]:
+    """Every (shape, colour, size, background) the renderer draws: 5 x 2 x 24 colour-background
+    pairs = 240, in a fixed order."""
+    return [(shape, colour, size, bg) for shape in SHAPES for colour in COLOURS for size in SIZES
+            for bg in backgrounds_for(colour)]
+
+
+def _pairs(appearances) -> set[tuple[int, str, int, str]]:
+    """(attribute i, value, attribute j, value) of every two attributes shown together."""
+    return {(i, a[i], j, a[j]) for a in appearances for i in range(len(a)) for j in range(i + 1, len(a))}
+
+
+def held_out_appearances(share: float, seed: int = 0) -> frozenset[tuple[str, str, str, str]]:
+    """round(share x 240) appearances that no training clip shows. A pure function of (share, seed):
+    every corpus rendered with the same two holds out the same combinations, whatever its run
+    seed. Drawn so that the training ones still show every pair of values of two attributes (each
+    colour on each allowed background, each shape in each colour and size...): what is held out is
+    a combination, never a value or a pair the model cannot learn."""
+    every = all_appearances()
+    n = round(share * len(every))
+    if n == 0:
+        return frozenset()
+    need = _pairs(every)
+    rng = np.random.default_rng([seed, 0x5EED])
+    for _ in range(1000):
+        order = rng.permutation(len(every))
+        held = {every[i] for i in order[:n]}
+        if _pairs(a for a in every if a not in held) == need:
+            return frozenset(held)
+    raise ValueError(f"synthetic.held_out={share}: no draw of {n} held-out appearances leaves every attribute "
+                     f"pair in the training ones; use a smaller share")
+
+
+def split_for(attrs: dict[str, Any], held: frozenset) -> str:
+    """"held_out" when the clip's appearance is one of `held` (`held_out_appearances`), else "train"."""
+    return "held_out" if appearance(attrs) in held else "train"
+
+
+def held_out_prompts(n: int, seed: int, held: frozenset, num_frames: int = MAX_FRAMES) -> list[dict[str, Any]]:
+    """`n` prompts whose appearances are all held out, no two with the same six attributes
+    (appearance, motion, speed), drawn as the corpus draws clips (clip i of `seed`, skipping the
+    others): {"prompt": caption, "attributes": attributes}. An evaluation set for a model trained
+    on the train split: not one of its combinations was seen, even in another motion."""
+    out, seen = [], set()
+    for i in range(200 * n + 10_000):
+        a = attributes_for(i, seed, num_frames)
+        key = appearance(a) + (a["motion"], a["speed"])
+        if appearance(a) in held and key not in seen:
+            seen.add(key)
+            out.append({"prompt": caption(a, num_frames), "attributes": a})
+            if len(out) == n:
+                return out
+    raise ValueError(f"only {len(out)} distinct held-out prompts found for n={n}: hold out more appearances")
 
 
 def caption(attrs: dict[str, Any], num_frames: int) -> str:
@@ -129,12 +183,16 @@ def _sdf(shape: str, dx: np.ndarray, dy: np.ndarray, half) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def _sdf_grid(shape: str, cx, cy, half, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def _sdf_grid(shape: str, cx, cy, half, rows: np.ndarray, cols: np.ndarray, period: float | None = None) -> np.ndarray:
     """Signed distance (pixels), float32 (T, H, W), for bounding-box centres cx, cy (T,) and
     pixel-centre coordinates rows (H,), cols (W,), all in pixels; `half` is half the side
-    (pixels, a number or (T, 1, 1))."""
+    (pixels, a number or (T, 1, 1)). With `period` (pixels) the plane is a torus of that side:
+    offsets are taken to the nearest copy of the centre."""
     dx = cols.astype(np.float32)[None, None, :] - np.asarray(cx, np.float32)[:, None, None]  # (T, 1, W)
     dy = rows.astype(np.float32)[None, :, None] - np.asarray(cy, np.float32)[:, None, None]  # (T, H, 1)
+    if period is not None:
+        p = np.float32(period)
+        dx, dy = (dx + p / 2) % p - p / 2, (dy + p / 2) % p - p / 2
     return _sdf(shape, dx, dy, half)
 
 
@@ -145,7 +203,8 @@ def _alpha(shape: str, cx, cy, half, rows: np.ndarray, cols: np.ndarray) -> np.n
 
 
 def centre_track(attrs: dict[str, Any], num_frames: int) -> np.ndarray:
-    """Bounding-box centre of every frame, float64 (T, 2) as (x, y) fractions of the frame side."""
+    """Bounding-box centre of every frame, float64 (T, 2) as (x, y) fractions of the frame side,
+    unwrapped (a straight line; the picture shows it modulo 1)."""
     step = DIRECTIONS[attrs["motion"]]
     v = SPEEDS[attrs["speed"]] if attrs["motion"] != "still" else 0.0
     t = np.arange(num_frames)[:, None]
@@ -153,12 +212,13 @@ def centre_track(attrs: dict[str, Any], num_frames: int) -> np.ndarray:
 
 
 def render_clip(attrs: dict[str, Any], num_frames: int, size: int) -> np.ndarray:
-    """The clip as uint8 (T, size, size, 3) RGB; T = num_frames <= MAX_FRAMES."""
-    if not 1 <= num_frames <= MAX_FRAMES:
-        raise ValueError(f"num_frames={num_frames}: must be in [1, {MAX_FRAMES}] for the path to stay in frame")
-    centres = centre_track(attrs, num_frames) * size  # (T, 2) pixels
+    """The clip as uint8 (T, size, size, 3) RGB, T = num_frames; the shape wraps around the edges."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames={num_frames}: must be >= 1")
+    centres = (centre_track(attrs, num_frames) % 1.0) * size  # (T, 2) pixels
     grid = np.arange(size) + 0.5  # pixel centres
-    sdf = _sdf_grid(attrs["shape"], centres[:, 0], centres[:, 1], SIZES[attrs["size"]] * size / 2, grid, grid)
+    sdf = _sdf_grid(attrs["shape"], centres[:, 0], centres[:, 1], SIZES[attrs["size"]] * size / 2, grid, grid,
+                    period=size)
     # Coverage as 256 levels (the `_alpha` ramp, times 255, rounded), blended through a table:
     # one gather instead of float maths on (T, H, W, 3).
     levels = np.clip(np.float32(128) - np.float32(255) * sdf, 0, 255, out=sdf).astype(np.uint8)  # (T, H, W)
@@ -195,6 +255,14 @@ def _moments(c: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[float, 
     return mass, mx, my, var
 
 
+def _circular_mean(mass: np.ndarray, n: int) -> np.ndarray:
+    """Centroid (pixels, in [0, n)) on a circle of n pixels of each row of mass (V, n): the angle
+    of the mean of e^(i 2 pi x / n), so a shape split over the two edges has its centre between them."""
+    angle = 2 * np.pi * (np.arange(n) + 0.5) / n
+    z = mass @ np.exp(1j * angle)  # (V,)
+    return (np.angle(z) * n / (2 * np.pi)) % n
+
+
 GAINS = np.linspace(0.8, 1.2, 9)
 """Contrast factors tried between the measured coverage and a template: the shape's colour is
 read from its most distant pixels, which blur pulls towards the background."""
@@ -228,7 +296,8 @@ def detect_attributes(frames: np.ndarray, template_frames: int = 6) -> dict[str,
 
     Background: the median of a thin border ring. Colour: the median of the pixels farthest from
     it. Each pixel's coverage is its projection on the background -> colour line; coverage > 0.5
-    is the mask, whose centroid over time gives the motion (a straight-line fit). Shape and size:
+    is the mask, whose centroid over time gives the motion (a straight-line fit; the centroid is
+    a circular mean and the track is unwrapped, since shapes wrap around the edges). Shape and size:
     on up to `template_frames` frames, each shape's template with the observed area, centroid and
     blur (`_fit_shapes`) is compared with the coverage; the smallest summed squared error wins,
     and its contrast gain corrects the colour (blur fades small shapes towards the background).
@@ -261,17 +330,23 @@ def detect_attributes(frames: np.ndarray, template_frames: int = 6) -> dict[str,
     if len(valid) == 0:
         return out
     rows, cols = np.arange(h) + 0.5, np.arange(w) + 0.5
-    cx = (mask.sum(axis=1) @ cols)[valid] / area[valid]  # (V,) mask centroid, pixels
-    cy = (mask.sum(axis=2) @ rows)[valid] / area[valid]
+    # The frame is a torus: the mask centroid is a circular mean, unwrapped over time below.
+    cx = _circular_mean(mask.sum(axis=1)[valid], w)  # (V,) pixels in [0, w)
+    cy = _circular_mean(mask.sum(axis=2)[valid], h)
 
     pad = max(5, round(0.06 * min(h, w)))  # room for blurred edges around the mask's bounding box
     fits: dict[str, list] = {s: [] for s in SHAPES}
     energy = 0.0
-    for f in valid[np.unique(np.linspace(0, len(valid) - 1, min(template_frames, len(valid))).round().astype(int))]:
-        ys, xs = np.nonzero(mask[f])
+    picks = np.unique(np.linspace(0, len(valid) - 1, min(template_frames, len(valid))).round().astype(int))
+    for i in picks:
+        f = valid[i]
+        # Rolled so that the shape sits in the middle, whole, even where it wraps an edge.
+        shift = (round(h / 2 - cy[i]), round(w / 2 - cx[i]))
+        m, c = np.roll(mask[f], shift, axis=(0, 1)), np.roll(cov[f], shift, axis=(0, 1))
+        ys, xs = np.nonzero(m)
         y0, y1 = max(ys.min() - pad, 0), min(ys.max() + 1 + pad, h)
         x0, x1 = max(xs.min() - pad, 0), min(xs.max() + 1 + pad, w)
-        win = cov[f, y0:y1, x0:x1]
+        win = c[y0:y1, x0:x1]
         energy += float(np.sum(win ** 2))
         for shape, fit in _fit_shapes(win, rows[y0:y1], cols[x0:x1]).items():
             fits[shape].append(fit)
@@ -283,8 +358,9 @@ def detect_attributes(frames: np.ndarray, template_frames: int = 6) -> dict[str,
     cut = np.sqrt(SIZES["small"] * SIZES["large"])  # geometric mean of the two sides
 
     velocity = np.zeros(2)
-    if len(valid) >= 2:  # least-squares slope of the centroid over frame index, fractions per frame
-        velocity = np.array([np.polyfit(valid, cx / w, 1)[0], np.polyfit(valid, cy / h, 1)[0]])
+    if len(valid) >= 2:  # least-squares slope of the unwrapped centroid over frame index, fractions per frame
+        ux, uy = np.unwrap(cx / w, period=1.0), np.unwrap(cy / h, period=1.0)
+        velocity = np.array([np.polyfit(valid, ux, 1)[0], np.polyfit(valid, uy, 1)[0]])
     speed = float(np.hypot(*velocity))
     slow, fast = SPEEDS["slow"], SPEEDS["fast"]
     if t == 1 or speed < slow / 2:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from loong_dist.data.synthetic import (
-    ADVERBS, BACKGROUNDS, CHECKED, COLOURS, MAX_FRAMES, MIN_CONTRAST, SHAPES, SIZES, SPEEDS, attributes_for,
-    backgrounds_for, caption, centre_track, compare_attributes, detect_attributes, render_clip, split_for)
+    ADVERBS, BACKGROUNDS, CHECKED, COLOURS, MAX_FRAMES, MIN_CONTRAST, MOTIONS, SHAPES, SIZES, SPEEDS,
+    all_appearances, appearance, attributes_for, backgrounds_for, caption, centre_track, compare_attributes,
+    detect_attributes, held_out_appearances, render_clip, split_for)
 
 
 def _blur(frames: np.ndarray, sigma: float) -> np.ndarray:
@@ -43,10 +44,11 @@ def test_shape_dtype_and_prefix():
         for size in (64, 128):
             clip = render_clip(a, t, size)
             assert clip.shape == (t, size, size, 3) and clip.dtype == np.uint8
-    # Speed is per frame and the path is planned for MAX_FRAMES: a short clip is the long one's start.
+    # Speed is per frame: a short clip is the long one's start, and a minute renders too.
     assert np.array_equal(render_clip(a, 17, 64), render_clip(a, MAX_FRAMES, 64)[:17])
+    assert np.array_equal(render_clip(a, MAX_FRAMES, 64), render_clip(a, 481, 64)[:MAX_FRAMES])
     with pytest.raises(ValueError, match="num_frames"):
-        render_clip(a, MAX_FRAMES + 4, 64)
+        render_clip(a, 0, 64)
 
 
 def test_only_length_one_drops_the_motion():
@@ -58,32 +60,48 @@ def test_only_length_one_drops_the_motion():
         assert (video["speed"] is None) == (video["motion"] == "still")
 
 
-def test_shape_stays_inside_the_frame_for_65_frames():
-    for size, clean, clips in ((32, 1, 150), (64, 2, 150), (128, 5, 50)):  # clean: pure-background ring (pixels)
+def test_shape_wraps_around_the_edges_and_keeps_its_area():
+    """The frame is a torus: shapes start anywhere and cross the edges, and every frame of a
+    minute-long clip shows the whole shape's area, split over two edges or not."""
+    wrapped = 0
+    for size, clips in ((32, 100), (64, 100), (128, 30)):
         for i in range(clips):
             a = attributes_for(i, 11)
-            clip = render_clip(a, MAX_FRAMES, size)
+            clip = render_clip(a, 481, size)
             bg, fg = np.array(BACKGROUNDS[a["background"]]), np.array(COLOURS[a["colour"]])
-            for ring in (clip[:, :clean], clip[:, -clean:], clip[:, :, :clean], clip[:, :, -clean:]):
-                assert (ring == bg.astype(np.uint8)).all(), (size, a)
-            # The whole shape is in every frame: the same covered area (pixels) from first to last,
-            # read on the channel where colour and background differ most.
+            wrapped += any((f[0] != bg).any() or (f[:, 0] != bg).any() for f in clip[::20])
+            # The same covered area (pixels) in every frame, read on the channel where colour and
+            # background differ most.
             c = int(np.argmax(np.abs(fg - bg)))
             area = (clip[..., c].astype(np.float32) - bg[c]).sum(axis=(1, 2)) / (fg[c] - bg[c])  # (T,)
             assert area.min() > 0.9 * area.max(), (size, a)  # anti-aliasing varies it a little
+            assert area.max() == pytest.approx(SIZES[a["size"]] ** 2 * size ** 2 * {
+                "circle": np.pi / 4, "square": 1, "triangle": 0.5, "diamond": 0.5, "cross": 5 / 9}[a["shape"]], rel=0.15)
+    assert wrapped > 150  # most shapes touch an edge within a minute
+
+
+def test_a_shape_leaving_one_edge_enters_at_the_other():
+    a = {"shape": "square", "colour": "red", "size": "small", "motion": "right", "speed": "fast",
+         "background": "black", "x": 0.8, "y": 0.5}
+    clip = render_clip(a, 33, 64)  # the centre moves 0.008 x 32 = 0.256: from x 0.8 to 1.056 = 0.056
+    red = (clip[..., 0] > 120)  # (T, H, W)
+    cols = np.nonzero(red[-1].any(0))[0]
+    assert cols.min() == 0 and cols.max() == 63 and not red[-1, :, 16:48].any()  # split over both edges
+    rows = np.nonzero(red[-1].any(1))[0]
+    assert rows.mean() == pytest.approx(np.nonzero(red[0].any(1))[0].mean())  # no vertical drift
 
 
 def test_motion_moves_the_shape_as_the_attributes_say():
     for i in range(30):
-        a = attributes_for(i, 2, MAX_FRAMES)
-        clip = render_clip(a, MAX_FRAMES, 128)
+        a = dict(attributes_for(i, 2, MAX_FRAMES), x=0.5, y=0.5)  # centred: no wrap within 33 frames
+        clip = render_clip(a, 33, 128)
         inside = (clip != np.array(BACKGROUNDS[a["background"]], np.uint8)).any(-1)
         xs = np.nonzero(inside[-1].any(0))[0].mean() - np.nonzero(inside[0].any(0))[0].mean()
         ys = np.nonzero(inside[-1].any(1))[0].mean() - np.nonzero(inside[0].any(1))[0].mean()
         step = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}[a["motion"]]
-        v = 0.0 if a["speed"] is None else SPEEDS[a["speed"]] * (MAX_FRAMES - 1) * 128
+        v = 0.0 if a["speed"] is None else SPEEDS[a["speed"]] * 32 * 128
         assert xs == pytest.approx(step[0] * v, abs=1.0) and ys == pytest.approx(step[1] * v, abs=1.0), a
-        track = centre_track(a, MAX_FRAMES)
+        track = centre_track(a, 33)
         assert np.allclose(track[1:] - track[:-1], track[1] - track[0])  # constant speed
 
 
@@ -121,11 +139,29 @@ def test_caption_states_the_attributes():
             assert f" moving {a['motion']} {ADVERBS[a['speed']]} " in text
 
 
-def test_split_share_is_stable():
-    splits = [split_for(i, 0, 0.1) for i in range(3000)]
-    assert splits == [split_for(i, 0, 0.1) for i in range(3000)]
-    assert 0.08 < splits.count("held_out") / len(splits) < 0.12
-    assert set(split_for(i, 0, 0.0) for i in range(100)) == {"train"}
+def test_held_out_appearances_are_a_fixed_share_and_leave_every_pair_in_training():
+    every = all_appearances()
+    assert len(every) == len(set(every)) == 240
+    held = held_out_appearances(0.2, seed=0)
+    assert len(held) == 48 and held <= set(every)
+    assert held == held_out_appearances(0.2, seed=0) and held != held_out_appearances(0.2, seed=1)
+    assert held_out_appearances(0.0) == frozenset()
+    train = [a for a in every if a not in held]
+    for i in range(4):  # every value of an attribute next to every value of another, as training shows them
+        for j in range(i + 1, 4):
+            assert {(a[i], a[j]) for a in every} == {(a[i], a[j]) for a in train}, (i, j)
+
+
+def test_split_follows_the_appearance_whatever_the_seed_or_motion():
+    held = held_out_appearances(0.2)
+    clips = [attributes_for(i, seed, 65) for seed in (0, 7) for i in range(1500)]
+    splits = [split_for(a, held) for a in clips]
+    assert all((s == "held_out") == (appearance(a) in held) for a, s in zip(clips, splits))
+    assert 0.14 < splits.count("held_out") / len(splits) < 0.26
+    # Clips of one held-out appearance are held out in every motion: none reaches training.
+    shown = {appearance(a) for a, s in zip(clips, splits) if s == "train"}
+    assert not shown & held
+    assert {a["motion"] for a, s in zip(clips, splits) if s == "held_out"} == set(MOTIONS)
 
 
 @pytest.mark.parametrize("size", [64, 128])
@@ -147,6 +183,20 @@ def test_detect_attributes_on_clean_and_degraded_clips(size):
     assert sum(wrong["clean"].values()) == 0, wrong
     for key in CHECKED:
         assert wrong["degraded"][key] <= 1, (key, wrong)  # >= 97.5% per attribute
+
+
+def test_detect_follows_a_shape_across_the_edges_for_a_minute():
+    """Ten-second windows of minute-long clips: the shape wraps around the edges several times,
+    and every window still reads back all six attributes (after blur and noise)."""
+    rng = np.random.default_rng(4)
+    wrong = Counter()
+    for i in range(12):
+        a = attributes_for(i, 8, 481)
+        clip = _degrade(render_clip(a, 481, 64), rng)
+        for start in range(0, 480, 80):
+            for key, ok in compare_attributes(a, detect_attributes(clip[start:start + 80])).items():
+                wrong[key] += not ok
+    assert sum(wrong.values()) <= 2, wrong
 
 
 def test_detect_measures_size_and_velocity():

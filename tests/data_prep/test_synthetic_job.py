@@ -95,7 +95,7 @@ def test_held_out_share_follows_config(tmp_path):
 
 
 @pytest.mark.parametrize("flags, key", [(["--frames", "1,16"], "synthetic.frames"),
-                                        (["--frames", "1,17,69"], "synthetic.frames"),
+                                        (["--frames", "1,17,0"], "synthetic.frames"),
                                         (["--size", "60"], "synthetic.size"),
                                         (["--n", "many"], "synthetic.n")])
 def test_bad_flag_is_a_one_line_error(tmp_path, flags, key):
