@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     entries, bad_lines = read_manifest(cfg.data.manifest, storage, strict=False)
     tok_sha = hashlib.sha256(tokenizer_bytes).hexdigest()
     text_sha = hashlib.sha256(text.model_proto).hexdigest()
-    meta = {"codebook_size": tokenizer.codebook_size, "text_vocab_size": text.vocab_size, "size": cfg.data.size,
+    meta = {"codebook_size": tokenizer.codebook_size, "fsq_levels": list(tokenizer.cfg.fsq_levels),
+            "text_vocab_size": text.vocab_size, "size": cfg.data.size,
             "fps": cfg.data.fps, "frames": cfg.data.frames, "tokenizer": cfg.tokenizer.path,
             "tokenizer_sha256": tok_sha, "text_tokenizer": cfg.text.path, "text_tokenizer_sha256": text_sha,
             "bf16": p.bf16, "manifest": cfg.data.manifest, "clips_per_window": p.clips_per_window}

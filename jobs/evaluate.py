@@ -94,6 +94,7 @@ def evaluate_generation(argv: list[str]) -> int:
     from loong_dist.inference.generate import pixel_frames
     from loong_dist.io.video import probe_video, read_clip
     from loong_dist.models.tokenizer import load_tokenizer
+    from loong_dist.precision import resolve_bf16
 
     aliases = {"--tokenizer": "tokenizer.path", "--out": "run.out_dir"}
     parser = job_parser("python -m jobs.evaluate generation", "Drift and prompt alignment of generated videos.",
@@ -109,12 +110,13 @@ def evaluate_generation(argv: list[str]) -> int:
         raise ConfigError(f"{args.videos}: not a jobs.generate JSON ({type(e).__name__}: {e})") from None
     tok_path = cfg.tokenizer.path or run.get("tokenizer", "")
     tok = load_tokenizer(tok_path) if tok_path else None
+    bf16 = resolve_bf16(settings.get("tokenizer_bf16", False), "cpu")
     first_clip = pixel_frames(settings["window_latent_frames"])
     rows = []
     for v in videos:
         frames = read_clip(v["mp4"], 0.0, probe_video(v["mp4"]).num_frames, fps=None, size=None)
         row = {"mp4": v["mp4"], "prompt": v.get("prompt"), "frames": len(frames),
-               "drift": drift(frames, fps, first_clip, args.window_s, tok, settings.get("tokenizer_bf16", False))}
+               "drift": drift(frames, fps, first_clip, args.window_s, tok, bf16)}
         if v.get("attributes"):
             row["alignment"] = alignment(frames, v["attributes"], fps, args.window_s)
         rows.append(row)

@@ -1,8 +1,14 @@
 """Generate (minute-long) videos from text with a trained transformer and video tokenizer.
 
-    python -m jobs.generate --checkpoint run/model.safetensors --tokenizer tok.safetensors \\
-        --text-tokenizer text.model --prompt "a large red circle moving left quickly on a black background" \\
+    python -m jobs.generate --checkpoint run/model.safetensors \\
+        --prompt "a large red circle moving left quickly on a black background" \\
         --seconds 60 --out video.mp4 [--seed 0] [generate.top_k=100 generate.reencode=false ...]
+
+A model exported by jobs.train carries its text tokenizer, the hash and place of its video
+tokenizer, its clips' size and frame rate and its recommended sampling settings
+(loong_dist/inference/carried.py): `--tokenizer` and `--text-tokenizer` are needed only for files
+that do not, and when given they must be the model's own (checked by hash). Sampling settings in
+`--config` files or key=value items win over the carried ones.
 
 `--prompts-file F` takes one prompt per line instead (plain text, or JSON Lines with a "prompt" or
 "caption" key - a synthetic manifest works; its "attributes" are kept for jobs.evaluate
@@ -62,11 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from loong_dist.data.text_tokenizer import TextTokenizer
+    from loong_dist.inference.carried import generation_defaults, video_tokenizer_path
+    from loong_dist.inference.carried import text_tokenizer as carried_text_tokenizer
     from loong_dist.inference.generate import VideoGenerator, check_prompt
     from loong_dist.io.video import frame_strip, write_gif, write_mp4
     from loong_dist.models.ar.checkpoint import check_vocab, load_model, read_model_meta
     from loong_dist.models.tokenizer import load_tokenizer
+    from loong_dist.precision import resolve_precision
 
     parser = job_parser("python -m jobs.generate", __doc__.splitlines()[0], ALIASES,
                         sections=("generate", "data", "text", "run"))
@@ -75,23 +83,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts-file", default=None, help="one prompt per line (text or JSON Lines)")
     parser.add_argument("--out", default="video.mp4", help="output video path (see above)")
     args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
-    cfg = resolve_config(args, ALIASES)
+    # What the model file carries (models trained by jobs.train): its clips' size and frame rate and
+    # its recommended sampling settings are defaults here, the tokenizers are found or checked.
+    trained = read_model_meta(args.checkpoint)[2]
+    carried = [f"data.{k}={trained[k]}" for k in ("size", "fps") if k in trained] + generation_defaults(trained)
+    cfg = resolve_config(args, ALIASES, under=carried)
     gen_cfg = cfg.generate
     if (args.prompt is None) == (args.prompts_file is None):
         raise ConfigError("pass exactly one of --prompt TEXT or --prompts-file F")
-    for key, flag in (("tokenizer.path", "--tokenizer"), ("text.path", "--text-tokenizer")):
-        if not (cfg.tokenizer.path if key == "tokenizer.path" else cfg.text.path):
-            raise ConfigError(f"config: {key} is empty: pass {flag}")
+    for key, value in (("size", cfg.data.size), ("fps", cfg.data.fps)):
+        if key in trained and float(trained[key]) != float(value):
+            raise UserError(f"{args.checkpoint}: model was trained on clips with data.{key}={trained[key]}, "
+                            f"data.{key} is {value} (leave it out, or pass data.{key}={trained[key]})")
     prompts = [{"prompt": args.prompt, "attributes": None}] if args.prompt is not None else read_prompts(args.prompts_file)
 
     device = gen_cfg.device if gen_cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if gen_cfg.precision == "bf16" else torch.float32
-    text_tok = TextTokenizer.load(cfg.text.path)
-    video_tok = load_tokenizer(cfg.tokenizer.path, device=device)
-    trained = read_model_meta(args.checkpoint)[2]  # the clips' size and fps, when the trainer recorded them
-    if "size" in trained and int(trained["size"]) != cfg.data.size:
-        raise UserError(f"{args.checkpoint}: model was trained on {trained['size']} px clips, data.size is "
-                        f"{cfg.data.size} (pass data.size={trained['size']})")
+    dtype = torch.bfloat16 if resolve_precision(gen_cfg.precision, device) == "bf16" else torch.float32
+    text_tok = carried_text_tokenizer(trained, cfg.text.path, args.checkpoint)
+    video_tok_path = video_tokenizer_path(trained, cfg.tokenizer.path, args.checkpoint)
+    video_tok = load_tokenizer(video_tok_path, device=device)
     model, layout = load_model(args.checkpoint, device=device, dtype=dtype)
     check_vocab(layout, video_tok.codebook_size, text_tok.vocab_size, args.checkpoint)
     if (text_tok.bos_id, text_tok.bov_id) != (layout.bos_id, layout.bov_id):
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: %d frames in %.1f s (%.0f tokens/s, %d windows) -> %s", name, result.frames.shape[1],
                  result.timings["total_s"], result.timings["tokens_per_s"], result.windows,
                  ", ".join(output_paths(args.out, i, len(prompts))["mp4"] for i in batch))
-    report = {"checkpoint": args.checkpoint, "tokenizer": cfg.tokenizer.path, "text_tokenizer": cfg.text.path,
+    report = {"checkpoint": args.checkpoint, "tokenizer": video_tok_path, "text_tokenizer": cfg.text.path or "carried",
               "device": device, "fps": cfg.data.fps, "size": cfg.data.size, "seed": cfg.run.seed,
               "max_text_tokens": cfg.text.max_text_tokens, "generate": dataclasses.asdict(gen_cfg),
               "wall_s": round(time.perf_counter() - t0, 3), "videos": videos, "config": config_to_dict(cfg)}

@@ -42,8 +42,8 @@ def _alias_dest(key: str) -> str:
     return "cfg__" + key.replace(".", "__")
 
 
-def resolve_config(args: argparse.Namespace, aliases: dict[str, str]) -> Config:
-    """Defaults -> --config chain -> alias flags -> dot-list overrides."""
+def resolve_config(args: argparse.Namespace, aliases: dict[str, str], under: list[str] | None = None) -> Config:
+    """Defaults -> `under` (see load_config) -> --config chain -> alias flags -> dot-list overrides."""
     overrides = []
     for key in aliases.values():
         value = getattr(args, _alias_dest(key))
@@ -53,7 +53,7 @@ def resolve_config(args: argparse.Namespace, aliases: dict[str, str]) -> Config:
     # configs/base.yaml equals the dataclass defaults (a test keeps them so); an installed wheel
     # without the configs/ folder falls back to the defaults themselves.
     default = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
-    return load_config(args.config or default, overrides)
+    return load_config(args.config or default, overrides, under=under)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -120,15 +120,17 @@ class SyntheticConfig:
     fps: float = 8.0
     """Frame rate written into the mp4 files (frames/s)."""
     held_out: float = 0.1
-    """Share of clips marked split=held_out (never used for training)."""
+    """Share of the 240 (shape, colour, size, background) appearances held out: every clip showing
+    one is marked split=held_out, so no training clip shows those combinations in any motion."""
+    split_seed: int = 0
+    """Seed of the held-out draw, apart from run.seed: corpora rendered with different run seeds
+    hold out the same appearances (a training corpus and an evaluation one never overlap)."""
 
     def __post_init__(self):
         _check(self.n >= 1, "synthetic.n", self.n, "must be >= 1")
         _check(len(self.frames) > 0, "synthetic.frames", self.frames, "must name at least one length")
         for t in self.frames:
             _check(t >= 1 and (t - 1) % 4 == 0, "synthetic.frames", self.frames, f"{t} is not 1 + 4k")
-            _check(t <= 65, "synthetic.frames", self.frames,
-                   f"{t} is above 65 (motion paths are planned to stay inside the frame for 65 frames)")
         _check(self.size >= 16 and self.size % 8 == 0, "synthetic.size", self.size,
                "must be a multiple of 8, at least 16")
         _check(self.fps > 0, "synthetic.fps", self.fps, "must be > 0")
@@ -189,9 +191,10 @@ class PretokenizeConfig:
     """CPUs reserved by each tokenizer actor (also its torch thread count, rounded, at least 1)."""
     decode_cpus: float = 1.0
     """CPUs reserved by each decode task (one per chunk of manifest windows)."""
-    bf16: bool = True
-    """Encode under bfloat16 autocast (about 2.5x faster on CPUs with avx512_bf16; ids differ
-    from float32 ones in places)."""
+    bf16: bool | Literal["auto"] = "auto"
+    """Encode under bfloat16 autocast: true, false, or auto (where the hardware has native bf16:
+    about 2.5x faster on CPUs with avx512_bf16, about 100x slower emulated on AVX2 CPUs). Ids
+    differ from float32 ones in places."""
     max_in_flight: int = 4
     """Chunks decoded or being encoded at once: the bound on decoded pixels in memory
     (chunks x encode_batch windows x clips), whatever the corpus size."""
@@ -249,6 +252,13 @@ class ModelConfig:
     """Standard deviation of the weight initialisation; output projections are scaled by 1/sqrt(2 n_layers)."""
     vocab_multiple: int = 128
     """The vocabulary is padded to a multiple of this (tensor-parallel split, GPU tiles)."""
+    video_codes: int = 0
+    """Video tokens of the vocabulary. 0: one per code of the tokenizer's codebook (64,000). N > 0:
+    the N codes most frequent in the training shards (their code_counts.json), every other code
+    mapped to the nearest of them on the FSQ grid. The output head and its softmax shrink from
+    64,000 rows to N: synthetic scenes use a few thousand codes, and at width 256 the full head is
+    about 80% of a step's FLOPs. A stage that starts from `train.init_from` keeps that model's
+    vocabulary."""
     loss_chunk_tokens: int = 2048
     """Output head + cross-entropy run this many tokens at a time, each chunk's logits recomputed in
     the backward pass (0: all at once). Float32 logits over a 64k vocabulary take 256 KiB per token;
@@ -281,6 +291,7 @@ class ModelConfig:
         _check(self.max_seq_len >= 2, "model.max_seq_len", self.max_seq_len, "must be >= 2")
         _check(self.loss_chunk_tokens >= 0, "model.loss_chunk_tokens", self.loss_chunk_tokens, "must be >= 0 (0: off)")
         _check(self.vocab_multiple >= 1, "model.vocab_multiple", self.vocab_multiple, "must be >= 1")
+        _check(self.video_codes >= 0, "model.video_codes", self.video_codes, "must be >= 0 (0: the whole codebook)")
         _check(self.attention in ATTENTION_KINDS, "model.attention", self.attention,
                f"must be one of {', '.join(ATTENTION_KINDS)}")
         _check(self.attention_block >= 1, "model.attention_block", self.attention_block, "must be >= 1")
@@ -358,8 +369,10 @@ class ParallelConfig:
     """DeepSpeed ZeRO stage: 0 none, 1 optimizer states, 2 + gradients, 3 + parameters, sharded over data-parallel ranks."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """torch.distributed backend; auto: nccl with CUDA, gloo on CPU."""
-    precision: Literal["fp32", "bf16"] = "bf16"
-    """Training precision: bf16 keeps fp32 master weights in DeepSpeed; fp16 is not offered (refused on CPU)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training precision: bf16 keeps fp32 master weights in DeepSpeed; auto is bf16 where the device
+    multiplies it natively (CUDA, CPUs with AVX512-BF16 or AMX), else fp32 (loong_dist/precision.py);
+    fp16 is not offered (refused on CPU)."""
     activation_checkpointing: bool = False
     """Recompute each transformer block in the backward pass (saves activation memory)."""
     compile: bool = False
@@ -393,9 +406,16 @@ class OptimConfig:
     """Sequences per data-parallel rank per micro-batch (the bucketed loader sets it per bucket)."""
     steps: int = 1000
     """Optimizer steps to train."""
+    decay_steps: int = 0
+    """0: cosine decay from the end of the warm-up to the last step. N > 0: warmup-stable-decay
+    (MiniCPM, DeepSeek LLM): the peak rate holds until the last N steps, which decay it (cosine) to
+    min_lr_ratio. A run can then be extended (a larger optim.steps on resume) without moving its
+    past schedule, as long as the decay has not started."""
 
     def __post_init__(self):
         _check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
+        _check(0 <= self.decay_steps <= self.steps, "optim.decay_steps", self.decay_steps,
+               f"must be in [0, optim.steps={self.steps}]")
         _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
         _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas,
@@ -409,7 +429,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     shards: str = ""
-    """Folder or s3:// prefix holding the token shards and their index.json (data_prep.pretokenize)."""
+    """Folder or s3:// prefix holding the token shards and their index.json (data_prep.pretokenize);
+    several, comma-separated, are read as one corpus (an image corpus and a clip corpus, say)."""
     token_budget: int = 8192
     """Tokens per rank per micro-batch; each length bucket's micro-batch size is budget // its longest sequence."""
     latent_frames: list[int] = field(default_factory=list)
@@ -555,10 +576,11 @@ class GenerateConfig:
     conditions the next one (Loong's video-token re-encoding); off: reuse the generated ids."""
     batch_size: int = 4
     """Prompts generated together (each with its unconditional row when cfg_scale != 1)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """Transformer weights and activations during generation."""
-    tokenizer_bf16: bool = True
-    """Video tokenizer encode/decode under bfloat16 autocast (as pretokenize.bf16 for training)."""
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    """Transformer weights and activations during generation (auto: bf16 where native)."""
+    tokenizer_bf16: bool | Literal["auto"] = "auto"
+    """Video tokenizer encode/decode under bfloat16 autocast: true, false or auto (where native;
+    as pretokenize.bf16 for training)."""
     device: str = "auto"
     """torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1."""
     strip_frames: int = 8
@@ -656,8 +678,11 @@ def _merge(into: dict, new: dict) -> dict:
     return out
 
 
-def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = (), stop: Path | None = None) -> dict:
+    """The merged YAML chain of `path` (each file over its `base:`); the chain ends before `stop`."""
     path = path.resolve()
+    if path == stop:
+        return {}
     if path in seen:
         raise ConfigError(f"{path}: 'base:' chain loops back to itself")
     if not path.is_file():
@@ -677,7 +702,7 @@ def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
-    return _merge(_read_yaml_chain(path.parent / base, seen + (path,)), data)
+    return _merge(_read_yaml_chain(path.parent / base, seen + (path,), stop), data)
 
 
 def _parse_dotlist(items: list[str]) -> dict:
@@ -773,12 +798,31 @@ def _build(cls: type, data: dict, prefix: str = ""):
         raise ConfigError(f"config: {prefix.rstrip('.') or 'root'}: {e}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config):
-    """Resolve defaults -> YAML chain of `path` -> dot-list `overrides` into a checked `cls`."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config,
+                under: list[str] | None = None):
+    """Resolve defaults -> `under` -> YAML chain of `path` -> dot-list `overrides` into a checked
+    `cls`. `under` (dot-list items) are defaults that something other than the user chose (the
+    sampling settings a model file carries): any key the user's files or overrides set wins over
+    them; configs/base.yaml, which only restates the defaults, does not."""
     data = _read_yaml_chain(Path(path)) if path is not None else {}
+    if under:
+        mine = _flatten(_read_yaml_chain(Path(path), stop=DEFAULT_CONFIG.resolve())) if path is not None else {}
+        mine.update(_flatten(_parse_dotlist(list(overrides or []))))
+        kept = [item for item in under if item.partition("=")[0] not in mine]
+        data = _merge(data, _parse_dotlist(kept))
     if overrides:
         data = _merge(data, _parse_dotlist(list(overrides)))
     return _build(cls, data)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + str(key)] = value
+    return out
 
 
 def config_to_dict(cfg) -> dict:

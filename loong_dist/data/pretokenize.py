@@ -242,7 +242,8 @@ class ClipEncoder:
             with open(path, "wb") as f:
                 f.write(tokenizer_bytes)
             self.model = load_tokenizer(path, device=self.device)
-        self.batch, self.bf16, self.crash = batch, bf16, crash
+        from loong_dist.precision import resolve_bf16
+        self.batch, self.bf16, self.crash = batch, resolve_bf16(bf16, self.device), crash  # "auto": this node's device
 
     def encode(self, *decoded: dict[str, Any]) -> dict[str, Any]:
         """Decoded chunks -> {"samples": [(window, spec, ids (F, h, w))], "rejects": [...]}."""

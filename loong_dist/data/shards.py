@@ -6,6 +6,8 @@ A shard is a plain tar that `webdataset.WebDataset` reads; each sample is the me
 start, fps, frames, latent shape, token count). `index.json`, written last and atomically, lists
 per shard its samples with their latent-frame and token counts and the byte range of each member
 inside the tar, so a reader can fetch one sample with a ranged GET instead of the whole shard.
+`code_counts.json`, written just before it, counts how often each video code occurs over all
+shards (sparse: the codes that occur and their counts), for a model that keeps the used codes only.
 
     with ShardWriter(storage, "s3://b/shards/shard-000000.tar") as w: w.add(sample)
     write_index(storage, "s3://b/shards", [w.summary, ...], meta)
@@ -15,6 +17,7 @@ inside the tar, so a reader can fetch one sample with a ranged GET instead of th
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -30,6 +33,7 @@ from loong_dist.errors import StorageError, UserError
 from loong_dist.io.storage import Storage, join
 
 INDEX_NAME = "index.json"
+CODE_COUNTS_NAME = "code_counts.json"
 INDEX_VERSION = 1
 MEMBERS = ("video.npy", "text.npy", "caption.txt", "json")
 
@@ -65,6 +69,8 @@ class SampleRef:
     """Text ids, BOS included."""
     ranges: dict[str, list[int]]
     """member suffix -> [offset, size] of its bytes inside the tar."""
+    folder: str = ""
+    """Folder of the shard when an index spans several (`ShardIndex.load_many`); empty: the index's."""
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -86,6 +92,7 @@ class ShardWriter:
         self._tar = tarfile.open(fileobj=self._tmp, mode="w", format=tarfile.USTAR_FORMAT)
         self.samples: list[dict[str, Any]] = []
         self._mtime = 0  # fixed: the same samples give the same bytes
+        self._counts: dict[int, int] = {}  # video code -> occurrences in this shard
 
     def add(self, sample: Sample) -> None:
         if "." in sample.key or "/" in sample.key:
@@ -96,6 +103,9 @@ class ShardWriter:
         if video.size and (video.min() < 0 or video.max() >= self.codebook_size):
             raise ValueError(f"{sample.key}: video ids outside [0, {self.codebook_size})")
         f, h, w = video.shape
+        ids, counts = np.unique(video, return_counts=True)
+        for code, n in zip(ids.tolist(), counts.tolist()):
+            self._counts[code] = self._counts.get(code, 0) + n
         meta = dict(sample.meta, latent_shape=[f, h, w], video_tokens=int(video.size), text_tokens=int(len(sample.text)))
         payload = {
             "video.npy": _npy_bytes(video.astype(video_dtype(self.codebook_size))),
@@ -131,8 +141,10 @@ class ShardWriter:
 
     @property
     def summary(self) -> dict[str, Any]:
+        codes = sorted(self._counts)
         return {"name": self.uri.rstrip("/").rsplit("/", 1)[-1], "num_samples": len(self.samples),
-                "video_tokens": sum(s["video_tokens"] for s in self.samples), "samples": self.samples}
+                "video_tokens": sum(s["video_tokens"] for s in self.samples), "samples": self.samples,
+                "code_counts": {"codes": codes, "counts": [self._counts[c] for c in codes]}}
 
     def __enter__(self):
         return self
@@ -145,8 +157,19 @@ class ShardWriter:
 
 
 def write_index(storage: Storage, folder: str, shards: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """Write index.json (atomically) for the shards in `folder`; meta holds codebook_size etc."""
+    """Write code_counts.json, then index.json (atomically) for the shards in `folder`; meta holds
+    codebook_size etc. A shard summary's `code_counts` goes into the first file only."""
     shards = sorted(shards, key=lambda s: s["name"])
+    total: dict[int, int] = {}
+    for s in shards:
+        cc = s.get("code_counts") or {"codes": [], "counts": []}
+        for code, n in zip(cc["codes"], cc["counts"]):
+            total[code] = total.get(code, 0) + n
+    codes = sorted(total)
+    storage.write_text(join(folder, CODE_COUNTS_NAME),
+                       json.dumps({"codebook_size": meta.get("codebook_size"), "codes": codes,
+                                   "counts": [total[c] for c in codes]}) + "\n")
+    shards = [{k: v for k, v in s.items() if k != "code_counts"} for s in shards]
     totals = {"shards": len(shards), "samples": sum(s["num_samples"] for s in shards),
               "video_tokens": sum(s["video_tokens"] for s in shards)}
     by_frames: dict[str, int] = {}
@@ -189,6 +212,46 @@ class ShardIndex:
         for ref in samples:
             _check_ref(uri, ref)
         return cls(str(folder), raw.get("meta", {}), raw.get("totals", {}), samples)
+
+    @classmethod
+    def load_many(cls, folders: list[str], storage: Storage | None = None) -> "ShardIndex":
+        """Several shard folders read as one corpus (a stage that mixes an image corpus with a clip
+        corpus). Their shards must come from the same tokenizers, frame size and rate."""
+        if len(folders) == 1:
+            return cls.load(folders[0], storage)
+        indexes = [cls.load(f, storage) for f in folders]
+        first = indexes[0]
+        for other in indexes[1:]:
+            for key in ("codebook_size", "text_vocab_size", "tokenizer_sha256", "text_tokenizer_sha256", "size", "fps"):
+                if other.meta.get(key) != first.meta.get(key):
+                    raise ShardError(f"{other.folder}: index meta {key}={other.meta.get(key)!r} differs from "
+                                     f"{first.folder}'s {first.meta.get(key)!r}; shards read together must match")
+        samples = [dataclasses.replace(r, folder=i.folder) for i in indexes for r in i.samples]
+        keys = [r.key for r in samples]
+        if len(set(keys)) != len(keys):
+            raise ShardError(f"shard folders {', '.join(folders)} share sample keys (the same clips twice?)")
+        totals = {"folders": [{"folder": i.folder, **i.totals} for i in indexes]}
+        return cls(",".join(i.folder for i in indexes), dict(first.meta), totals, samples)
+
+    def folders(self) -> list[str]:
+        return self.folder.split(",")
+
+    def code_counts(self, storage: Storage | None = None) -> np.ndarray:
+        """(codebook_size,) int64: occurrences of each video code over the shards (code_counts.json
+        of each folder)."""
+        size = self.meta.get("codebook_size")
+        counts = np.zeros(int(size), dtype=np.int64)
+        for folder in self.folders():
+            uri = join(folder, CODE_COUNTS_NAME)
+            try:
+                raw = json.loads((storage or Storage()).read_text(uri))
+                np.add.at(counts, np.asarray(raw["codes"], dtype=np.int64), np.asarray(raw["counts"], dtype=np.int64))
+            except StorageError:
+                raise ShardError(f"{uri}: missing (shards written before code counts were recorded: run "
+                                 f"data_prep.pretokenize again into a new folder)") from None
+            except (ValueError, KeyError, TypeError, IndexError) as e:
+                raise ShardError(f"{uri}: malformed ({type(e).__name__}: {e})") from None
+        return counts
 
 
 def _check_ref(uri: str, ref: SampleRef) -> None:
@@ -233,7 +296,7 @@ class ShardReader:
         self.index, self.storage = index, storage or Storage()
 
     def read(self, ref: SampleRef) -> Sample:
-        uri = join(self.index.folder, ref.shard)
+        uri = join(ref.folder or self.index.folder, ref.shard)
         for suffix in MEMBERS:
             if suffix not in ref.ranges:
                 raise ShardError(f"{uri}: sample {ref.key} has no '{suffix}' member")

@@ -118,12 +118,26 @@ def summarise(videos: list[dict]) -> dict:
                              **{k: float(np.mean([r[k] for r in rows])) for k in keys}})
     aligned = [v for v in videos if v.get("alignment")]
     if aligned:
+        def rates(matches: list[dict]) -> dict:
+            return {**{k: float(np.mean([m[k] for m in matches])) for k in CHECKED},
+                    "all": float(np.mean([all(m[k] for k in CHECKED) for m in matches]))}
+
         first = [v["alignment"][0]["match"] for v in aligned]
+        last = [v["alignment"][-1]["match"] for v in aligned]
         every = [w["match"] for v in aligned for w in v["alignment"]]
+        n_windows = max(len(v["alignment"]) for v in aligned)
         out["alignment"] = {
             "videos": len(aligned),
             "first_window": {k: float(np.mean([m[k] for m in first])) for k in CHECKED},
+            "last_window": {k: float(np.mean([m[k] for m in last])) for k in CHECKED},
             "all_windows": {k: float(np.mean([m[k] for m in every])) for k in CHECKED},
             "all_attributes_first_window": float(np.mean([all(m.values()) for m in first])),
+            "all_attributes_last_window": float(np.mean([all(m.values()) for m in last])),
+            # window i over the videos that reach it (match rate per attribute, and all six at once)
+            "per_window": [{"window": i, "start_s": next(v["alignment"][i]["start_s"] for v in aligned
+                                                         if len(v["alignment"]) > i),
+                            "videos": sum(len(v["alignment"]) > i for v in aligned),
+                            **rates([v["alignment"][i]["match"] for v in aligned if len(v["alignment"]) > i])}
+                           for i in range(n_windows)],
         }
     return out

@@ -213,38 +213,83 @@ def training_section(root: Path, summary: dict, stages: list[str]) -> str:
     return "\n".join(out)
 
 
+GENERATIONS = {"generate": "the demo's own transformer (trained above)",
+               "generate_shipped": "the shipped transformer (checkpoints/t2v_cpu, see its model card)"}
+"""Generation steps of a run folder (folder -> the model it used): each has its videos.json and, in
+<folder>_eval/, the generation_eval.json of jobs.evaluate generation."""
+
+TICK, CROSS = "\u2713", "\u2717"
+
+
+def _alignment_table(al: dict) -> str:
+    """Match rate per attribute and window (and all six at once), from summarise()['alignment']."""
+    per_window = al.get("per_window") or []
+    if not per_window:  # a report written before per-window rates existed
+        per = {k: v for k, v in al.items() if isinstance(v, dict)}
+        attrs = sorted({a for d in per.values() for a in d})
+        return _table(["windows"] + attrs, [[k] + [d.get(a, "") for a in attrs] for k, d in per.items()])
+    attrs = [k for k in per_window[0] if k not in ("window", "start_s", "videos")]
+    return _table(["window", "from (s)", "videos"] + attrs,
+                  [[w["window"], w["start_s"], w["videos"]] + [f"{100 * w[a]:.0f}%" for a in attrs]
+                   for w in per_window], left=0)
+
+
+def _detected_cells(expected: dict, window: dict) -> str:
+    """One row of attributes: the detected value with a tick or a cross against the prompt's."""
+    cells = []
+    for key, ok in window["match"].items():
+        got = window["detected"].get(key)
+        mark = f'<span style="color:{"#080" if ok else "#c00"}">{TICK if ok else CROSS}</span>'
+        want = "" if ok else f' <span class="muted">(asked {html.escape(str(expected.get(key)))})</span>'
+        cells.append(f"<td class='l'>{mark} {key}: {html.escape(str(got))}{want}</td>")
+    return "<table><tr>" + "".join(cells) + "</tr></table>"
+
+
 def generation_section(root: Path, summary: dict) -> str:
-    gen = _read_json(root / "generate" / "videos.json")
-    if gen is None:
-        return ""
-    out = ["<h2>Generated videos</h2>",
-           f"<p>{len(gen['videos'])} video(s) of {gen['generate']['seconds']:g} s at {gen['fps']:g} fps, "
-           f"{gen['size']} px; top-k {gen['generate']['top_k']}, temperature {gen['generate']['temperature']}, "
-           f"guidance {gen['generate']['cfg_scale']}, re-encoding {'on' if gen['generate']['reencode'] else 'off'}; "
-           f"{gen['wall_s']:.0f} s in all.</p>"]
-    summary["generation"] = {"videos": len(gen["videos"]), "seconds": gen["generate"]["seconds"], "wall_s": gen["wall_s"],
-                             "settings": gen["generate"]}
-    for i, v in enumerate(gen["videos"]):
-        out.append(f"<h3>{i + 1}. {html.escape(v['prompt'])}</h3>")
-        out.append(f'<video controls loop muted width="256" src="{_rel(v["mp4"], root)}"></video> '
-                   f'<img src="{_rel(v["gif"], root)}" width="256" alt="GIF">')
-        out.append(_img(Path(v["png"]), root, f"frame strip, {v['seconds']:.0f} s", cls="strip"))
-    ev = _read_json(root / "generation_eval" / "generation_eval.json")
-    if ev is not None:
-        summary["generation"]["drift"] = ev.get("drift")
-        summary["generation"]["alignment"] = ev.get("alignment")
-        drift = ev.get("drift") or []
-        if drift:
-            keys = [k for k in ("colour_tv", "code_tv", "code_entropy_bits", "motion") if k in drift[0]]
-            out.append(f"<h3>Drift from the first clip, per {ev['window_s']:g} s window (mean over videos)</h3>")
-            out.append(_table(["window", "from (s)"] + keys, [[w["window"], w["start_s"]] + [w.get(k, "") for k in keys]
-                                                             for w in drift], left=0))
-        al = ev.get("alignment") or {}
-        if al:
-            out.append(f"<h3>Prompt alignment ({al.get('videos')} synthetic prompts)</h3>")
-            per = {k: v for k, v in al.items() if isinstance(v, dict)}
-            attrs = sorted({a for d in per.values() for a in d})
-            out.append(_table(["windows"] + attrs, [[k] + [d.get(a, "") for a in attrs] for k, d in per.items()]))
+    out = []
+    summary["generation"] = {}
+    for folder, model in GENERATIONS.items():
+        gen = _read_json(root / folder / "videos.json")
+        if gen is None:
+            continue
+        ev = _read_json(root / f"{folder}_eval" / "generation_eval.json") or {}
+        per_video = {v["mp4"]: v for v in ev.get("per_video", [])}
+        g = gen["generate"]
+        out.append(f"<h2>Generated videos: {html.escape(model)}</h2>")
+        out.append(f"<p>Model <code>{html.escape(str(gen.get('checkpoint')))}</code>. {len(gen['videos'])} video(s) "
+                   f"of {g['seconds']:g} s at {gen['fps']:g} fps, {gen['size']} px; top-k {g['top_k']}, temperature "
+                   f"{g['temperature']}, guidance {g['cfg_scale']}, windows of {g['window_latent_frames']} latent "
+                   f"frames, re-encoding {'on' if g['reencode'] else 'off'}; {gen['wall_s']:.0f} s in all. Prompts "
+                   f"are held out: no training clip shows their combination of attributes.</p>")
+        entry = {"model": model, "checkpoint": gen.get("checkpoint"), "videos": len(gen["videos"]),
+                 "seconds": g["seconds"], "wall_s": gen["wall_s"], "settings": g}
+        for i, v in enumerate(gen["videos"]):
+            out.append(f"<h3>{i + 1}. {html.escape(v['prompt'])}</h3>")
+            out.append(f'<video controls loop muted width="256" src="{_rel(v["mp4"], root)}"></video> ')
+            if v.get("mp4_hr") and Path(v["mp4_hr"]).exists():
+                out.append(f'<video controls loop muted width="512" src="{_rel(v["mp4_hr"], root)}"></video>'
+                           f"<p class='muted'>left: {gen['size']} px as generated; right: 4x upscaled "
+                           f"({4 * gen['size']} px)</p>")
+            out.append(_img(Path(v["png"]), root, f"frame strip, {v['seconds']:.0f} s", cls="strip"))
+            windows = (per_video.get(v["mp4"]) or {}).get("alignment") or []
+            for w in windows[:1] + windows[-1:] if len(windows) > 1 else windows:
+                out.append(f"<p class='muted'>detected in {w['start_s']:g}-{w['end_s']:g} s:</p>"
+                           + _detected_cells(v.get("attributes") or {}, w))
+        if ev:
+            entry["drift"] = ev.get("drift")
+            entry["alignment"] = ev.get("alignment")
+            drift = ev.get("drift") or []
+            if drift:
+                keys = [k for k in ("colour_tv", "code_tv", "code_entropy_bits", "motion") if k in drift[0]]
+                out.append(f"<h3>Drift from the first clip, per {ev['window_s']:g} s window (mean over videos)</h3>")
+                out.append(_table(["window", "from (s)"] + keys,
+                                  [[w["window"], w["start_s"]] + [w.get(k, "") for k in keys] for w in drift], left=0))
+            al = ev.get("alignment") or {}
+            if al:
+                out.append(f"<h3>Prompt alignment per {ev['window_s']:g} s window ({al.get('videos')} prompts; "
+                           f"share of videos whose pixels show the prompt's attribute)</h3>")
+                out.append(_alignment_table(al))
+        summary["generation"][folder] = entry
     return "\n".join(out)
 
 

@@ -44,6 +44,7 @@ from loong_dist.inference.sampling import sample, split_guided, video_range
 from loong_dist.models.ar.layout import VocabLayout
 from loong_dist.models.ar.model import Transformer
 from loong_dist.models.tokenizer import VideoTokenizer
+from loong_dist.precision import resolve_bf16
 
 
 class GenerationError(UserError, ValueError):
@@ -86,6 +87,12 @@ class VideoGenerator:
         self.device = next(model.parameters()).device
         self.lo, self.hi, _ = video_range(layout)
         self.guided = cfg.cfg_scale != 1.0
+        self.tokenizer_bf16 = resolve_bf16(cfg.tokenizer_bf16, self.device)
+        # code <-> token tables: a model with kept codes only (layout.codes) draws among them, and a
+        # re-encoded tail's code outside them becomes the nearest kept one's token.
+        codes = np.arange(layout.codebook_size)
+        self.code_to_token = torch.from_numpy(layout.video_to_tokens(codes)).to(self.device)  # (codebook,)
+        self.index_to_code = torch.from_numpy(layout.tokens_to_video(np.arange(self.lo, self.hi))).to(self.device)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -126,7 +133,7 @@ class VideoGenerator:
             valid[i, width - len(r):] = True
         prompt, valid = prompt.to(self.device), valid.to(self.device)
         if tail is not None:
-            tail_tokens = tail.reshape(b, -1).to(self.device) + self.layout.video_offset  # (B, o*n)
+            tail_tokens = self.code_to_token[tail.reshape(b, -1).to(self.device)]  # (B, o*n)
             prompt = torch.cat([prompt, tail_tokens.repeat(len(rows) // b, 1)], dim=1)  # (R, width + o*n)
         n_new = frames * self.tokens_per_frame
         cache = self.model.new_cache(prompt.shape[1] + n_new - 1, None if bool(valid.all()) else valid)
@@ -151,19 +158,19 @@ class VideoGenerator:
         timings["sample_s"] = timings.get("sample_s", 0.0) + t2 - t1
         timings["tokens"] = timings.get("tokens", 0) + b * n_new
         timings["kv_cache_mb_max"] = max(timings.get("kv_cache_mb_max", 0.0), cache.bytes() / 2**20)
-        return out.view(b, frames, self.h, self.w)
+        return self.index_to_code[out].view(b, frames, self.h, self.w)  # video token index -> code
 
     # ---- tokenizer -----------------------------------------------------------------------
 
     def _decode(self, codes: Tensor, timings: dict[str, float]) -> np.ndarray:
         t0 = time.perf_counter()
-        video = self.tokenizer.decode(codes, bf16=self.cfg.tokenizer_bf16).cpu().numpy()  # (B, T, H, W, 3)
+        video = self.tokenizer.decode(codes, bf16=self.tokenizer_bf16).cpu().numpy()  # (B, T, H, W, 3)
         timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - t0
         return video
 
     def _encode(self, video: np.ndarray, timings: dict[str, float]) -> Tensor:
         t0 = time.perf_counter()
-        codes = self.tokenizer.encode(video, bf16=self.cfg.tokenizer_bf16)  # (B, F, h, w)
+        codes = self.tokenizer.encode(video, bf16=self.tokenizer_bf16)  # (B, F, h, w)
         timings["encode_s"] = timings.get("encode_s", 0.0) + time.perf_counter() - t0
         return codes
 

@@ -14,15 +14,18 @@ result last, so ZeRO shards the tensor-parallel shards over the data-parallel gr
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from loong_dist.config import Config, ModelConfig, ParallelConfig
+from loong_dist.config import Config, ModelConfig, OptimConfig, ParallelConfig
 from loong_dist.models.ar.model import LOCAL_SPEC, Transformer
 from loong_dist.parallel.process_groups import ParallelGroups
+from loong_dist.precision import resolve_precision
 
 PROJECT_CACHE = Path(__file__).resolve().parents[2] / ".cache"
 
@@ -58,7 +61,7 @@ class MegatronMPU:
 
 
 def use_bf16(parallel: ParallelConfig, device: torch.device) -> bool:
-    if parallel.precision != "bf16":
+    if resolve_precision(parallel.precision, device) != "bf16":
         return False
     return device.type == "cpu" or torch.cuda.is_bf16_supported()
 
@@ -94,14 +97,37 @@ def deepspeed_config(cfg: Config, groups: ParallelGroups) -> dict:
         **({"data_types": {"grad_accum_dtype": "fp32"}, "communication_data_type": "fp32"}
            if fp32_grad_accumulation(cfg, bf16) else {}),
         "optimizer": {"type": "AdamW", "params": optimizer_params(cfg, groups.device)},
-        "scheduler": {"type": "WarmupCosineLR", "params": {
+        **({} if o.decay_steps else {"scheduler": {"type": "WarmupCosineLR", "params": {
             # DeepSpeed refuses 0 warm-up steps: no warm-up is one step that starts at the peak.
             "total_num_steps": o.steps, "warmup_num_steps": max(1, o.warmup_steps),
             "warmup_min_ratio": 0.0 if o.warmup_steps else 1.0, "cos_min_ratio": o.min_lr_ratio,
-            "warmup_type": "linear"}},
+            "warmup_type": "linear"}}}),
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
+
+
+def wsd_factor(step: int, cfg: OptimConfig) -> float:
+    """Learning rate over its peak after `step` optimizer steps, warmup-stable-decay
+    (`optim.decay_steps` > 0): linear warm-up as DeepSpeed's WarmupCosineLR does it, the peak, then
+    a cosine from the peak to min_lr_ratio over the last decay_steps steps."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    decay_start = cfg.steps - cfg.decay_steps
+    if step < decay_start:
+        return 1.0
+    t = min(1.0, (step - decay_start) / cfg.decay_steps)
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def lr_scheduler(cfg: Config):
+    """None (DeepSpeed builds WarmupCosineLR from the config), or with optim.decay_steps the
+    warmup-stable-decay schedule as a callable DeepSpeed applies to its optimizer. Its state in a
+    checkpoint is the step count; the shape comes from the config of the run that resumes."""
+    if not cfg.optim.decay_steps:
+        return None
+    o = cfg.optim
+    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(wsd_factor, cfg=o))
 
 
 def fp32_grad_accumulation(cfg: Config, bf16: bool) -> bool:
@@ -145,7 +171,7 @@ def build_engine(model: nn.Module, cfg: Config, groups: ParallelGroups):
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.optim.weight_decay),
                                            config=deepspeed_config(cfg, groups), mpu=MegatronMPU(groups),
-                                           dist_init_required=False)
+                                           lr_scheduler=lr_scheduler(cfg), dist_init_required=False)
     engine.checkpoint_engine = weights_only_checkpoint_engine(engine)
     if groups.dp_size == 1 and cfg.parallel.zero_stage == 0:
         # Without ZeRO, DeepSpeed all-reduces the gradients after backward through flat buffers

@@ -18,6 +18,9 @@ model.safetensors); each stage ends by exporting its single-device weights to
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from loong_dist.config import Config
+from loong_dist.config import Config, GenerateConfig
 from loong_dist.data.loader import TokenLoader
 from loong_dist.data.shards import ShardError, ShardIndex
 from loong_dist.io.storage import Storage
@@ -62,13 +65,32 @@ class StepStats:
     """The plain token mean of the step (equals `loss` under loss.mode=token_mean)."""
 
 
-def layout_from_index(index: ShardIndex, vocab_multiple: int) -> VocabLayout:
+def layout_from_index(index: ShardIndex, vocab_multiple: int, video_codes: int = 0,
+                      storage: Storage | None = None) -> VocabLayout:
+    """The vocabulary of a new model on these shards: every code of the codebook, or with
+    `video_codes` N > 0 the N most frequent ones (code_counts.json; ties to the lower id)."""
     meta = index.meta
-    for key in ("codebook_size", "text_vocab_size"):
+    for key in ("codebook_size", "text_vocab_size") + (("fsq_levels",) if video_codes else ()):
         if key not in meta:
             raise ShardError(f"{index.folder}/index.json: meta has no '{key}'")
+    codes: tuple[int, ...] = ()
+    if video_codes:
+        counts = index.code_counts(storage)
+        order = np.argsort(-counts, kind="stable")[:video_codes]
+        codes = tuple(sorted(int(c) for c in order if counts[c] > 0))
     return VocabLayout(text_vocab_size=int(meta["text_vocab_size"]), codebook_size=int(meta["codebook_size"]),
-                       vocab_multiple=vocab_multiple)
+                       vocab_multiple=vocab_multiple, codes=codes,
+                       fsq_levels=tuple(meta.get("fsq_levels", ())) if codes else ())
+
+
+RECOMMENDED_GENERATION = ("temperature", "top_k", "top_p", "cfg_scale", "window_latent_frames",
+                          "overlap_latent_frames", "reencode")
+"""Sampling settings an export carries (the stage config's `generate` section): jobs.generate
+uses them unless told otherwise."""
+
+
+def recommended_generation(gen: GenerateConfig) -> dict:
+    return {k: getattr(gen, k) for k in RECOMMENDED_GENERATION}
 
 
 def rng_state() -> dict:
@@ -134,9 +156,15 @@ class Trainer:
         self.out = Path(cfg.run.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.out.mkdir(parents=True, exist_ok=True)
-        index = ShardIndex.load(cfg.train.shards, self.storage)
-        self.layout = layout_from_index(index, cfg.model.vocab_multiple)
-        self.data_meta = {k: index.meta[k] for k in ("size", "fps") if k in index.meta}  # recorded in the export
+        index = ShardIndex.load_many([f for f in cfg.train.shards.split(",") if f], self.storage)
+        if cfg.train.init_from:  # a later stage keeps the vocabulary its weights were trained with
+            self.layout = self._inherited_layout(model_file(cfg.train.init_from), index)
+        else:
+            self.layout = layout_from_index(index, cfg.model.vocab_multiple, cfg.model.video_codes, self.storage)
+        # Recorded in the export, so that generation finds and checks the tokenizers the shards came from.
+        self.data_meta = {k: index.meta[k] for k in ("size", "fps", "tokenizer", "tokenizer_sha256",
+                                                      "text_tokenizer_sha256") if k in index.meta}
+        self.text_tokenizer_uri = index.meta.get("text_tokenizer")
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(cfg.model, self.layout.padded_vocab_size, groups, cfg.parallel)
         if cfg.train.init_from:
@@ -166,12 +194,19 @@ class Trainer:
 
     # -- stage start ---------------------------------------------------------------------------
 
+    def _inherited_layout(self, path: Path, index: ShardIndex) -> VocabLayout:
+        """The layout of the model this stage starts from, checked against these shards' tokenizers."""
+        layout = read_model_meta(path)[1]
+        meta = index.meta
+        if (layout.codebook_size, layout.text_vocab_size) != (meta.get("codebook_size"), meta.get("text_vocab_size")):
+            raise ConfigError(f"config: train.init_from={str(path)!r}: trained on {layout.codebook_size} video codes "
+                              f"and {layout.text_vocab_size} text pieces; the shards {self.cfg.train.shards} hold "
+                              f"{meta.get('codebook_size')} and {meta.get('text_vocab_size')}")
+        return layout
+
     def _init_weights(self, path: Path) -> None:
         """Start from the previous stage's exported weights (split into this rank's TP shard)."""
         cfg, layout, extra = read_model_meta(path)
-        if layout != self.layout:
-            raise ConfigError(f"config: train.init_from={str(path)!r}: trained with layout {layout}, these shards "
-                              f"need {self.layout}")
         full, _ = load_model(path)
         state = full.state_dict()
         if self.groups.tp_size > 1:
@@ -199,7 +234,7 @@ class Trainer:
     def save(self) -> None:
         tag = f"step{self.step:08d}"
         client = {"step": self.step, "loader": self.loader.state_dict(), "rng": rng_state(),
-                  "layout": vars(self.layout)}
+                  "layout": dataclasses.asdict(self.layout)}
         # DeepSpeed's own `latest` is written by rank 0 without waiting for the other ranks' files
         # (and in place): a rank killed mid-write would leave `latest` naming a torn checkpoint. So
         # every rank finishes its files first, then rank 0 moves the pointer in one rename.
@@ -259,13 +294,34 @@ class Trainer:
         state = full_state_dict(self.engine, self.model, self.groups)
         path = self.out / "model.safetensors"
         if self.is_main:
-            save_model(state, self.cfg.model, self.layout, path,
-                       {"step": self.step, "run": str(self.out), "init_from": self.cfg.train.init_from,
-                        "loss_mode": self.cfg.loss.mode, **self.data_meta})
+            extra = {"step": self.step, "run": str(self.out), "init_from": self.cfg.train.init_from,
+                     "loss_mode": self.cfg.loss.mode, **self.data_meta,
+                     "generate": recommended_generation(self.cfg.generate)}
+            proto = self._text_tokenizer_proto()
+            if proto is not None:
+                extra["text_tokenizer_model"] = base64.b64encode(proto).decode("ascii")
+            save_model(state, self.cfg.model, self.layout, path, extra)
             log.info("exported %s", path)
         if dist.is_initialized():  # the next stage may start in these same processes
             dist.barrier()
         return path
+
+    def _text_tokenizer_proto(self) -> bytes | None:
+        """The sentencepiece model the shards were tokenized with (carried inside the export), when
+        it is still where pretokenize read it and still the same file."""
+        if not self.text_tokenizer_uri:
+            return None
+        try:
+            proto = self.storage.read_bytes(self.text_tokenizer_uri)
+        except UserError as e:
+            log.warning("text tokenizer %s not readable (%s): the export will not carry it", self.text_tokenizer_uri, e)
+            return None
+        want = self.data_meta.get("text_tokenizer_sha256")
+        if want and hashlib.sha256(proto).hexdigest() != want:
+            log.warning("text tokenizer %s changed since the shards were written: the export will not carry it",
+                        self.text_tokenizer_uri)
+            return None
+        return proto
 
     # -- the loop ------------------------------------------------------------------------------
 

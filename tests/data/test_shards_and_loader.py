@@ -156,3 +156,41 @@ def test_loader_rejects_mismatched_layout(tmp_path):
     write_shards(Storage(), str(tmp_path), make_samples(6), per_shard=6)
     with pytest.raises(ShardError, match="shards hold 1000 video codes, the model's layout has 64"):
         TokenLoader(ShardIndex.load(str(tmp_path)), VocabLayout(TEXT_VOCAB, 64), token_budget=800)
+
+
+def test_code_counts_sum_every_shard(shard_folder):
+    storage, folder = shard_folder
+    index = ShardIndex.load(folder, storage)
+    counts = index.code_counts(storage)
+    want = np.bincount(np.concatenate([s.video.ravel() for s in make_samples()]), minlength=CODEBOOK)
+    assert counts.shape == (CODEBOOK,) and (counts == want).all()
+    raw = json.loads(storage.read_text(join(folder, "index.json")))
+    assert all("code_counts" not in shard for shard in raw["shards"])  # the index stays small
+
+
+def test_several_folders_read_as_one_corpus(tmp_path):
+    storage = Storage()
+    images, clips = make_samples(30, seed=1), make_samples(30, seed=2)
+    for s in clips:
+        s.key = "c" + s.key  # another corpus: other keys
+    write_shards(storage, str(tmp_path / "a"), images, per_shard=10)
+    write_shards(storage, str(tmp_path / "b"), clips, per_shard=10)
+    index = ShardIndex.load_many([str(tmp_path / "a"), str(tmp_path / "b")], storage)
+    assert len(index.samples) == 60 and index.folders() == [str(tmp_path / "a"), str(tmp_path / "b")]
+    reader = ShardReader(index, storage)
+    for ref, orig in ((index.samples[3], images[3]), (index.samples[45], clips[15])):
+        np.testing.assert_array_equal(reader.read(ref).video, orig.video)  # same shard names, right folder
+    both = np.concatenate([s.video.ravel() for s in images + clips])
+    assert (index.code_counts(storage) == np.bincount(both, minlength=CODEBOOK)).all()
+    loader = TokenLoader(index, LAYOUT, token_budget=800, storage=storage, seed=1)
+    assert sum(len(next(loader)["tokens"]) for _ in range(12)) > 0
+    loader.close()
+    with pytest.raises(ShardError, match="share sample keys"):
+        ShardIndex.load_many([str(tmp_path / "a"), str(tmp_path / "a")], storage)
+    other = tmp_path / "c"
+    write_shards(storage, str(other), make_samples(3, seed=3), per_shard=3)
+    raw = json.loads((other / "index.json").read_text())
+    raw["meta"]["text_vocab_size"] = 301
+    (other / "index.json").write_text(json.dumps(raw))
+    with pytest.raises(ShardError, match="text_vocab_size=301 differs"):
+        ShardIndex.load_many([str(tmp_path / "a"), str(other)], storage)

@@ -43,19 +43,30 @@ def test_report_sections_links_and_summary(tmp_path):
     Image.fromarray(frames[0]).save(root / "generate" / "videos_000.png")
     (root / "generate" / "videos.json").write_text(json.dumps({
         "fps": 8.0, "size": 32, "wall_s": 20.0,
-        "generate": {"seconds": 1.125, "top_k": 100, "temperature": 1.0, "cfg_scale": 3.0, "reencode": True},
-        "videos": [{"prompt": "a large red circle moving left", "seconds": 1.125,
+        "checkpoint": "stage3/model.safetensors",
+        "generate": {"seconds": 1.125, "top_k": 100, "temperature": 1.0, "cfg_scale": 3.0, "reencode": True,
+                     "window_latent_frames": 5},
+        "videos": [{"prompt": "a large red circle moving left quickly on a black background", "seconds": 1.125,
+                    "attributes": {"colour": "red", "shape": "circle"},
                     **{k: str(root / "generate" / f"videos_000.{k}") for k in ("mp4", "gif", "png")}}]}))
-    _done(root / "generation_eval", "jobs.evaluate", 2.0)
-    (root / "generation_eval" / "generation_eval.json").write_text(json.dumps({
+    _done(root / "generate_eval", "jobs.evaluate", 2.0)
+    window = {"start_s": 0.0, "end_s": 1.125, "match": {"colour": True, "shape": False},
+              "detected": {"colour": "red", "shape": "square"}}
+    (root / "generate_eval" / "generation_eval.json").write_text(json.dumps({
         "window_s": 10.0, "drift": [{"window": 0, "start_s": 0.0, "colour_tv": 0.0, "motion": 3.5}],
-        "alignment": {"videos": 1, "first_window": {"colour": 1.0, "shape": 0.0}}}))
+        "alignment": {"videos": 1, "first_window": {"colour": 1.0, "shape": 0.0},
+                      "per_window": [{"window": 0, "start_s": 0.0, "videos": 1, "colour": 1.0, "shape": 0.0,
+                                      "all": 0.0}]},
+        "per_video": [{"mp4": str(root / "generate" / "videos_000.mp4"), "alignment": [window]}]}))
 
     page, summary = write_report(root, "test run", "python -m jobs.quickstart --out run")
     text = page.read_text()
-    for heading in ("Steps", "Video tokenizer", "Transformer training", "Generated videos", "Resolved configs"):
-        assert f"<h2>{heading}</h2>" in text
+    for heading in ("Steps", "Video tokenizer", "Transformer training", "Generated videos: the demo",
+                    "Resolved configs"):
+        assert f"<h2>{heading}" in text, heading
     assert "a large red circle moving left" in text and "24.5" in text and "22.1" in text
+    assert "\u2713</span> colour: red" in text and "\u2717</span> shape: square" in text and "(asked circle)" in text
+    assert "<td>100%</td><td>0%</td>" in text  # the per-window alignment table
     for ref in re.findall(r'(?:src|href)="([^"]+)"', text):  # relative, and present on disk
         assert not ref.startswith(("/", "http")), ref
         assert (root / ref).is_file(), ref
@@ -66,6 +77,7 @@ def test_report_sections_links_and_summary(tmp_path):
     assert saved["training"]["stage2"]["frame_loss"]["latent frame 0"] == 2.0
     assert saved["training"]["stage2_plain"]["frame_loss"]["latent frame 0"] == 3.0
     assert saved["training"]["stage2"]["tokens_per_s"] == 2000.0
-    assert saved["generation"]["alignment"]["first_window"]["colour"] == 1.0
+    assert saved["generation"]["generate"]["alignment"]["first_window"]["colour"] == 1.0
     assert saved["steps"]["generate"]["throughput"] == "0.056 s of video per s"
     assert saved["total_wall_s"] == 86.0
+    assert "generate_shipped" not in saved["generation"]  # a step that did not run leaves no section

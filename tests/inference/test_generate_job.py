@@ -140,3 +140,60 @@ def test_evaluate_generation(files, tmp_path):
     assert rendered["alignment"]["all_attributes_first_window"] == 1.0
     assert set(rendered["alignment"]["all_windows"].values()) == {1.0}
     assert "code_tv" not in rendered["drift"][0]  # no tokenizer named: pixel statistics only
+
+
+@pytest.fixture(scope="module")
+def carried(files):
+    """A model file as jobs.train exports it: it carries its text tokenizer, names its video
+    tokenizer by place and hash, and recommends sampling settings."""
+    import base64
+    import hashlib
+    proto = (files / "text.model").read_bytes()
+    tok = files / "tok.safetensors"
+    text = TextTokenizer(proto)
+    layout = VocabLayout(text_vocab_size=text.vocab_size, codebook_size=125)
+    cfg = ModelConfig(size="tiny", max_seq_len=128)
+    extra = {"size": 32, "fps": 8.0, "tokenizer": str(tok), "tokenizer_sha256": hashlib.sha256(tok.read_bytes()).hexdigest(),
+             "text_tokenizer_sha256": hashlib.sha256(proto).hexdigest(),
+             "text_tokenizer_model": base64.b64encode(proto).decode(),
+             "generate": {"top_k": 7, "temperature": 0.5, "window_latent_frames": 3, "overlap_latent_frames": 1,
+                          "reencode": False, "cfg_scale": 1.0, "top_p": 1.0}}
+    path = files / "carried.safetensors"
+    torch.manual_seed(1)
+    save_model(Transformer(cfg, layout.padded_vocab_size).state_dict(), cfg, layout, path, extra)
+    return path
+
+
+def test_a_model_file_that_carries_its_settings_needs_no_other_flag(carried, tmp_path):
+    out = tmp_path / "v.mp4"
+    assert main(["--checkpoint", str(carried), "--prompt", CAPTIONS[0], "--seconds", "1.5", "--out", str(out),
+                 "generate.device=cpu"]) == 0
+    report = json.loads((tmp_path / "v.json").read_text())
+    g = report["generate"]
+    assert (g["top_k"], g["temperature"], g["window_latent_frames"], g["overlap_latent_frames"], g["reencode"]) == \
+           (7, 0.5, 3, 1, False)
+    assert (report["size"], report["fps"], report["text_tokenizer"]) == (32, 8.0, "carried")
+    assert probe_video(str(out)).num_frames == 12
+    # the user's items win over the carried settings
+    main(["--checkpoint", str(carried), "--prompt", CAPTIONS[0], "--seconds", "1.5", "--out", str(tmp_path / "w.mp4"),
+          "generate.top_k=3", "generate.device=cpu"])
+    assert json.loads((tmp_path / "w.json").read_text())["generate"]["top_k"] == 3
+
+
+def test_tokenizers_passed_explicitly_must_be_the_models_own(carried, files, tmp_path):
+    other_text = tmp_path / "other.model"
+    TextTokenizer(train_text_tokenizer([c.replace("a ", "one ") for c in CAPTIONS] * 4, vocab_size=400)).save(str(other_text))
+    torch.manual_seed(5)
+    other_tok = tmp_path / "other_tok.safetensors"
+    save_tokenizer(VideoTokenizer(TokenizerConfig(channels=8, num_res_blocks=0, decoder_res_blocks=0,
+                                                  fsq_levels=[5, 5, 5])), other_tok)
+    base = ["--checkpoint", str(carried), "--prompt", CAPTIONS[0], "--out", str(tmp_path / "v.mp4")]
+    with pytest.raises(UserError, match="not the text tokenizer .* was trained with"):
+        main([*base, "--text-tokenizer", str(other_text)])
+    with pytest.raises(UserError, match="not the video tokenizer .* was trained with"):
+        main([*base, "--tokenizer", str(other_tok)])
+    with pytest.raises(UserError, match="trained on clips with data.fps=8.0, data.fps is 12.0"):
+        main([*base, "data.fps=12"])
+    proc = subprocess.run([sys.executable, "-m", "jobs.generate", *base, "--text-tokenizer", str(other_text)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

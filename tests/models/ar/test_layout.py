@@ -27,3 +27,47 @@ def test_bad_codes():
         layout.build([2], np.array([1, 2]))
     with pytest.raises(ValueError, match="outside the video range"):
         layout.tokens_to_video(np.array([3]))
+
+
+def test_kept_codes_hand_computed():
+    """Levels (3, 2): code = d0 + 3 d1 on the grid d0 in {-1, 0, 1}, d1 in {-1, 1}. Kept: 0 (-1, -1),
+    4 (0, 1) and 5 (1, 1), tokens 10, 11, 12; every other code takes the nearest kept one's token."""
+    layout = VocabLayout(text_vocab_size=10, codebook_size=6, vocab_multiple=8, codes=(0, 4, 5), fsq_levels=(3, 2))
+    assert (layout.video_vocab_size, layout.vocab_size, layout.padded_vocab_size) == (3, 13, 16)
+    assert layout.video_to_tokens(np.array([0, 4, 5])).tolist() == [10, 11, 12]
+    assert layout.tokens_to_video(np.array([10, 11, 12])).tolist() == [0, 4, 5]
+    grid = {0: (-1, -1), 1: (0, -1), 2: (1, -1), 3: (-1, 1), 4: (0, 1), 5: (1, 1)}
+    for code, (x, y) in grid.items():  # brute force: nearest kept code, ties to the lower id
+        dist = [((x - grid[k][0]) ** 2 + (y - grid[k][1]) ** 2, k) for k in (0, 4, 5)]
+        want = (0, 4, 5).index(min(dist)[1])
+        assert layout.video_to_tokens(np.array([code]))[0] == 10 + want, code
+    s = layout.build([7], np.array([[[5, 0]]]))
+    assert s["tokens"].tolist() == [2, 7, 4, 12, 10] and s["targets"].tolist()[-2:] == [10, 5]
+    with pytest.raises(ValueError, match="outside the video range"):
+        layout.tokens_to_video(np.array([13]))
+
+
+def test_kept_codes_survive_json_and_are_checked():
+    import dataclasses
+    import json
+    layout = VocabLayout(text_vocab_size=10, codebook_size=6, codes=(0, 4, 5), fsq_levels=(3, 2))
+    again = VocabLayout(**json.loads(json.dumps(dataclasses.asdict(layout))))
+    assert again == layout and again.codes == (0, 4, 5)
+    assert VocabLayout(text_vocab_size=10, codebook_size=6) != layout
+    with pytest.raises(ValueError, match="ascending"):
+        VocabLayout(text_vocab_size=10, codebook_size=6, codes=(4, 0), fsq_levels=(3, 2))
+    with pytest.raises(ValueError, match="fsq_levels"):
+        VocabLayout(text_vocab_size=10, codebook_size=6, codes=(0, 4))
+
+
+def test_nearest_codes_on_the_tokenizer_grid_against_brute_force():
+    from loong_dist.models.ar.layout import fsq_grid, nearest_codes
+    levels = (8, 5, 5)
+    rng = np.random.default_rng(0)
+    kept = np.sort(rng.choice(200, 37, replace=False))
+    table = nearest_codes(kept, levels, chunk=17)
+    grid = fsq_grid(np.arange(200), levels)
+    for code in range(200):
+        d = ((grid[kept] - grid[code]) ** 2).sum(1)
+        assert d[table[code]] == pytest.approx(d.min()), code
+    assert (table[kept] == np.arange(len(kept))).all()

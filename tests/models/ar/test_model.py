@@ -205,7 +205,9 @@ def test_chunked_loss_same_losses_and_gradients():
         loss.sum().backward()
         results.append((loss.detach(), [p.grad.clone() for p in m.parameters()]))
     (loss_a, grads_a), (loss_b, grads_b) = results
-    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=0)
+    # The head's matmul over a chunk may block its sums unlike the whole (MKL on an AVX2 CPU: one of
+    # 50 losses off by 4.8e-7); the chunking itself changes nothing beyond that rounding.
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=1e-6)
     assert (loss_a[0, :7] == 0).all()
     for a, b in zip(grads_a, grads_b):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # chunks sum the head gradient in another order
