@@ -35,7 +35,7 @@ def _absolute(uri: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = job_parser("python -m data_prep.pretokenize", __doc__.splitlines()[0], ALIASES,
-                      sections=("data", "pretokenize", "storage")).parse_args(argv)
+                      sections=("data", "pretokenize", "storage")).parse_intermixed_args(argv)
     cfg = resolve_config(args, ALIASES)
     for key, flag in (("data.manifest", "--manifest"), ("tokenizer.path", "--tokenizer"),
                       ("text.path", "--text-tokenizer"), ("pretokenize.out", "--out")):

@@ -32,7 +32,7 @@ ALIASES = {"--out": "run.out_dir", "--cache": "samples.cache_dir"}
 
 def main(argv: list[str] | None = None) -> int:
     args = job_parser("python -m data_prep.samples", __doc__.splitlines()[0], ALIASES,
-                      sections=("run", "samples", "storage")).parse_args(argv)
+                      sections=("run", "samples", "storage")).parse_intermixed_args(argv)
     cfg = resolve_config(args, ALIASES)
     storage = Storage(cfg.storage)
     out = cfg.run.out_dir

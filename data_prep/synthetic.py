@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                         sections=("run", "synthetic"))
     parser.add_argument("--prompts", type=int, default=0, metavar="N",
                         help="write N held-out prompts (prompts.jsonl) instead of rendering clips")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
     cfg = resolve_config(args, ALIASES)
     syn, seed = cfg.synthetic, cfg.run.seed
     if is_s3(cfg.run.out_dir):

@@ -26,7 +26,7 @@ ALIASES = {"--manifest": "data.manifest", "--vocab-size": "text.vocab_size", "--
 
 def main(argv: list[str] | None = None) -> int:
     args = job_parser("python -m data_prep.text_tokenizer", __doc__.splitlines()[0], ALIASES,
-                      sections=("data", "text", "storage")).parse_args(argv)
+                      sections=("data", "text", "storage")).parse_intermixed_args(argv)
     cfg = resolve_config(args, ALIASES)
     if not cfg.data.manifest:
         raise ConfigError("config: data.manifest is empty: pass --manifest M")

@@ -44,7 +44,7 @@ def evaluate_tokenizer(argv: list[str]) -> int:
                         sections=("tokenizer", "data", "run"))
     parser.add_argument("--clips", type=int, default=32, help="clips at most (one per entry, in order)")
     parser.add_argument("--frames", type=int, default=17, help="frames per clip (1 + 4k)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
     cfg = resolve_config(args, ALIASES)
     for key, value in (("tokenizer.path", cfg.tokenizer.path), ("data.manifest", cfg.data.manifest)):
         if not value:

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                   "s3://bucket/prefix instead of the run folder")
     parser.add_argument("--force", action="store_true", help="re-run steps that finished before")
     command = "python -m jobs.quickstart " + " ".join(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
     if args.config is None:
         args.config = str(CONFIGS / f"{args.size}.yaml")
     if args.s3 is not None and not args.s3.startswith("s3://"):

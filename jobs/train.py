@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc", type=int, default=1, help="local ranks to spawn when not under a launcher")
     parser.add_argument("--num-workers", type=int, default=0,
                         help="Ray Train workers (one per GPU; CPU workers without GPUs); 0: no Ray")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
     cfg = resolve_config(args, ALIASES)
     if not cfg.train.shards:
         raise ConfigError("config: train.shards is empty: pass --shards DIR (written by data_prep.pretokenize)")

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                         sections=("tokenizer_train", "tokenizer", "optim", "parallel", "data", "run"))
     parser.add_argument("--nproc", type=int, default=1, help="local data-parallel ranks when not under a launcher")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
     cfg = resolve_config(args, ALIASES)
     if not cfg.tokenizer_train.manifests:
         raise ConfigError("config: tokenizer_train.manifests is empty: pass --manifest M[,M2]")

@@ -453,6 +453,10 @@ class TrainConfig:
     """Optimizer steps between two checkpoints (0: only at the end)."""
     keep_checkpoints: int = 2
     """Checkpoints kept in run.out_dir/checkpoints; older ones are deleted."""
+    export_every: int = 0
+    """Optimizer steps between two single-device exports of the weights mid-run, into
+    run.out_dir/exports/step<N>.safetensors (0: only model.safetensors at the end): what probes of
+    a long run and ablations at equal steps generate from."""
     loader_workers: int = 4
     """Threads fetching samples from shards (byte-range reads)."""
 
@@ -460,6 +464,7 @@ class TrainConfig:
         _check(self.token_budget >= 16, "train.token_budget", self.token_budget, "must be >= 16")
         _check(self.save_every >= 0, "train.save_every", self.save_every, "must be >= 0")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
+        _check(self.export_every >= 0, "train.export_every", self.export_every, "must be >= 0 (0: off)")
         _check(self.loader_workers >= 1, "train.loader_workers", self.loader_workers, "must be >= 1")
         _check(not self.mix or (len(self.mix) == len(self.latent_frames) and min(self.mix) >= 0
                                 and sum(self.mix) > 0), "train.mix", self.mix,

@@ -100,3 +100,15 @@ def test_job_exits_with_one_line_before_work(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: command line: unknown config key 'text.vocab_sise' (did you mean 'text.vocab_size'?)"]
     assert not out.exists()
+
+
+def test_jobs_take_key_value_items_between_their_flags(tmp_path):
+    """argparse's plain parse stops at the first positional run: `--out X a=1 --steps 2 b=2` was
+    'unrecognized arguments' for jobs.train. Every job parses intermixed."""
+    import jobs.train
+    import data_prep.synthetic
+    with pytest.raises(ConfigError, match="train.shards is empty"):  # parsed: the check after it speaks
+        jobs.train.main(["--out", str(tmp_path / "r"), "optim.lr=1e-3", "--steps", "2", "model.size=tiny"])
+    assert data_prep.synthetic.main(["--out", str(tmp_path / "p"), "synthetic.held_out=0.2", "--prompts", "3",
+                                     "run.seed=4"]) == 0
+    assert len((tmp_path / "p" / "prompts.jsonl").read_text().splitlines()) == 3

@@ -179,6 +179,7 @@ class Trainer:
             self.boundaries, self.weights = list(cfg.loss.boundaries), list(cfg.loss.weights)
         else:  # one group: the plain token mean
             self.boundaries, self.weights = [], [1.0]
+        self._check_buckets()
         self.n_frames = max(self.loader.sampler.buckets)  # telemetry: latent frames of the longest bucket
         self.step = 0
         self.is_main = (not dist.is_initialized()) or dist.get_rank() == 0
@@ -191,6 +192,22 @@ class Trainer:
                      "(pad-to-longest, batch %d)", buckets, 100 * self.padding["bucketed"], 100 * self.padding["naive"],
                      self.padding["naive_batch_size"])
             (self.out / "padding.json").write_text(json.dumps(dict(self.padding, micro_batch=buckets)) + "\n")
+
+    def _check_buckets(self) -> None:
+        """Before the first step: the longest sequence of every bucket fits the model's positions
+        (else the first such batch would fail hours in), and a bucket that can never fill one
+        global batch (it would silently never train) is named."""
+        sampler, m = self.loader.sampler, self.cfg.model
+        for f, b in sorted(sampler.buckets.items()):
+            if b.max_len > m.max_seq_len:
+                raise ConfigError(f"config: model.max_seq_len={m.max_seq_len}: the {f}-latent-frame bucket holds "
+                                  f"sequences of up to {b.max_len} tokens; raise it or leave those out "
+                                  f"(train.latent_frames)")
+            need = b.micro_batch * sampler.dp_size
+            if b.size < need:
+                log.warning("bucket of %d latent frames: %d samples, fewer than one global batch (%d = micro-batch %d "
+                            "x %d data-parallel ranks): it is never trained on", f, b.size, need, b.micro_batch,
+                            sampler.dp_size)
 
     # -- stage start ---------------------------------------------------------------------------
 
@@ -289,10 +306,11 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
-    def export(self) -> Path:
-        """Write <run>/model.safetensors: single-device fp32 weights + model config + layout."""
+    def export(self, path: Path | None = None) -> Path:
+        """Write <run>/model.safetensors (or `path`): single-device fp32 weights + model config +
+        layout + what generation needs (see loong_dist/inference/carried.py). A collective."""
         state = full_state_dict(self.engine, self.model, self.groups)
-        path = self.out / "model.safetensors"
+        path = path or self.out / "model.safetensors"
         if self.is_main:
             extra = {"step": self.step, "run": str(self.out), "init_from": self.cfg.train.init_from,
                      "loss_mode": self.cfg.loss.mode, **self.data_meta,
@@ -414,6 +432,8 @@ class Trainer:
                              flops * stats.tokens / stats.seconds / 1e12)
             if self.cfg.train.save_every and stats.step % self.cfg.train.save_every == 0:
                 self.save()
+            if self.cfg.train.export_every and stats.step % self.cfg.train.export_every == 0:
+                self.export(self.out / "exports" / f"step{stats.step:08d}.safetensors")
         if not self.cfg.train.save_every or self.step % self.cfg.train.save_every:
             self.save()
         if self.step >= self.cfg.optim.steps:  # the stage is done: weights for the next stage / inference

@@ -295,6 +295,16 @@ class Transformer(nn.Module):
         self.checkpoint_activations = False
         """Recompute each block in the backward pass instead of keeping its activations."""
 
+    def _apply(self, fn, recurse: bool = True):
+        """As nn.Module's, but the rotary tables stay float32 whatever dtype the weights take
+        (model.to(bfloat16), DeepSpeed's bf16 cast): angles rounded to bf16 would move positions
+        late in a long sequence. They are recomputed on their new device."""
+        super()._apply(fn, recurse)
+        if self.rope_cos.dtype != torch.float32:
+            cos, sin = rope_table(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+            self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
+        return self
+
     def new_cache(self, capacity: int, valid: Tensor | None = None) -> KVCache:
         """An empty KV cache for up to `capacity` positions; `valid` (b, prompt length) masks
         left padding (see KVCache)."""

@@ -239,3 +239,15 @@ def test_export_with_unfused_projections_loads_to_the_same_model(model, tmp_path
     del old["blocks.1.attention.wk.weight"]
     with pytest.raises(ModelFileError, match="blocks.1.attention.wk.weight"):
         load_model(save_model(old, model.cfg, layout, tmp_path / "broken.safetensors"))
+
+
+def test_rotary_tables_stay_float32_when_the_weights_go_bf16():
+    from loong_dist.models.ar.model import rope_table
+    m = Transformer(ModelConfig(size="tiny", max_seq_len=4608), vocab_size=384).to(torch.bfloat16)
+    cos, sin = rope_table(m.cfg.head_dim, 4608, m.cfg.rope_theta)
+    assert m.embed.weight.dtype == torch.bfloat16 and m.rope_cos.dtype == torch.float32
+    assert torch.equal(m.rope_cos, cos) and torch.equal(m.rope_sin, sin)
+    # in bf16 the late positions' angles would be off by up to a few hundredths
+    assert (cos.bfloat16().float() - cos).abs()[4000:].max() > 1e-3
+    m.float()
+    assert torch.equal(m.rope_cos, cos)
