@@ -11,6 +11,13 @@ Part 2 generates `--seconds` of `--image` px video at 8 fps with the default gen
 (top-k, re-encoding, 5-latent-frame windows with 2 of overlap) and prints the wall time and its
 parts. Weights are untrained (speed does not depend on them); the tokenizer is the default
 architecture (the shipped CPU tokenizer's), or `--tokenizer FILE`.
+
+With `--checkpoint FILE` (a model exported by jobs.train, e.g. the shipped
+checkpoints/t2v_cpu/model.safetensors) both parts use that model, its vocabulary, its video
+tokenizer and its recommended sampling settings, and `--batch` prompts are generated together.
+Part 2 then also prints the sampling rate against the forward pass's FLOP bound: the dense matmul
+rate measured in the same run divided by the FLOPs of decoding one token (2 x the matmul
+parameters of the blocks and the head, plus the attention over the cached positions).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from loong_dist.inference.sampling import sample
 from loong_dist.models.ar.layout import VocabLayout
 from loong_dist.models.ar.model import Transformer
 from loong_dist.models.tokenizer import VideoTokenizer, load_tokenizer
+from train_step import matmul_peak  # bench/ is on the path of a script run from it
 
 
 def sync(device: torch.device) -> None:
@@ -62,6 +70,15 @@ def decode_tokens(model: Transformer, prompt: torch.Tensor, n: int, lo: int, hi:
     return torch.cat(out), time.perf_counter() - t0
 
 
+def decode_flops(cfg: ModelConfig, vocab: int, context: float) -> float:
+    """FLOPs of one cached decoding step for one row: 2 x (the blocks' matmul parameters + the
+    head's) + attention scores and values over `context` cached positions (4 x layers x heads x
+    head width x context)."""
+    from loong_dist.models.ar.sizes import count_parameters
+    p = count_parameters(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_dim, vocab)
+    return 2.0 * (p["blocks"] + vocab * cfg.dim) + 4.0 * cfg.n_layers * cfg.dim * context
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="small", help="model size (loong_dist/models/ar/sizes.py); small: the CPU demo")
@@ -72,16 +89,28 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="transformer weights (generate.precision)")
+    p.add_argument("--checkpoint", default="", help="a model exported by jobs.train (its tokenizer and settings too)")
+    p.add_argument("--batch", type=int, default=1, help="prompts generated together in part 2")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
-    tok = load_tokenizer(args.tokenizer, device) if args.tokenizer else VideoTokenizer(TokenizerConfig()).to(device).eval()
-    layout = VocabLayout(text_vocab_size=512, codebook_size=tok.codebook_size)
-    cfg = ModelConfig(size=args.size, max_seq_len=4608)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    model = Transformer(cfg, layout.padded_vocab_size).to(device=device, dtype=dtype).eval()
+    settings = {}
+    if args.checkpoint:
+        from loong_dist.inference.carried import video_tokenizer_path
+        from loong_dist.models.ar.checkpoint import load_model, read_model_meta
+        extra = read_model_meta(args.checkpoint)[2]
+        settings = extra.get("generate") or {}
+        tok = load_tokenizer(video_tokenizer_path(extra, args.tokenizer, args.checkpoint), device)
+        model, layout = load_model(args.checkpoint, device=device, dtype=dtype)
+        cfg, args.size = model.cfg, f"{args.checkpoint}"
+    else:
+        tok = load_tokenizer(args.tokenizer, device) if args.tokenizer else VideoTokenizer(TokenizerConfig()).to(device).eval()
+        layout = VocabLayout(text_vocab_size=512, codebook_size=tok.codebook_size)
+        cfg = ModelConfig(size=args.size, max_seq_len=4608)
+        model = Transformer(cfg, layout.padded_vocab_size).to(device=device, dtype=dtype).eval()
     n_params = sum(p.numel() for p in model.parameters())
     per_frame = (args.image // 8) ** 2
     print(f"device {device}, torch threads {torch.get_num_threads()}, model {args.size} ({n_params / 1e6:.1f}M "
@@ -102,22 +131,33 @@ def main() -> None:
           f"{int((cached_ids == full_ids).sum())}/{args.tokens}")
 
     if args.seconds > 0:
-        gen_cfg = GenerateConfig(seconds=args.seconds, device=str(device), precision=args.precision)
+        gen_cfg = GenerateConfig(seconds=args.seconds, device=str(device), precision=args.precision,
+                                 tokenizer_bf16="auto", batch_size=args.batch, **settings)
         gen = VideoGenerator(model, layout, tok, gen_cfg, fps=8.0, size=args.image)
         marks = []
         t0 = time.perf_counter()
-        result = gen.generate([[layout.bos_id] + text[0].tolist()], args.seconds, seed=0,
+        result = gen.generate([[layout.bos_id] + text[0].tolist()] * args.batch, args.seconds, seed=0,
                               progress=lambda s: marks.append((s, time.perf_counter() - t0)))
         t = result.timings
-        print(f"part 2: {args.seconds:g} s of {args.image}x{args.image} video at 8 fps ({result.frames.shape[1]} frames, "
-              f"{result.windows} windows, top_k {gen_cfg.top_k}, re-encoding {gen_cfg.reencode})")
-        print(f"  wall {t['total_s']:.1f} s = {t['total_s'] / args.seconds:.2f} s per second of video; "
-              f"sampling {t['sample_s']:.1f} s + prefill {t['prefill_s']:.1f} s ({t['tokens_per_s']:.0f} tokens/s), "
-              f"decode {t['decode_s']:.1f} s, re-encode {t.get('encode_s', 0.0):.1f} s")
+        print(f"part 2: {args.batch} x {args.seconds:g} s of {args.image}x{args.image} video at 8 fps "
+              f"({result.frames.shape[1]} frames, {result.windows} windows of {gen_cfg.window_latent_frames} latent "
+              f"frames, top_k {gen_cfg.top_k}, guidance {gen_cfg.cfg_scale}, re-encoding {gen_cfg.reencode})")
+        print(f"  wall {t['total_s']:.1f} s = {args.batch * args.seconds / t['total_s']:.3f} s of video per wall "
+              f"second; sampling {t['sample_s']:.1f} s + prefill {t['prefill_s']:.1f} s ({t['tokens_per_s']:.0f} "
+              f"tokens/s), decode {t['decode_s']:.1f} s, re-encode {t.get('encode_s', 0.0):.1f} s")
+        rows = args.batch * (2 if gen_cfg.cfg_scale != 1.0 else 1)
+        context = (gen_cfg.window_latent_frames * per_frame) / 2 + 18  # mean cached positions in a window
+        flops = decode_flops(cfg, layout.padded_vocab_size, context) * rows / args.batch  # per token drawn
+        peak = matmul_peak(dtype, device)
+        bound = peak / flops
+        print(f"  tokens/s {t['tokens_per_s']:.0f} against the forward FLOP bound {bound:.0f} tokens/s "
+              f"({flops / 1e6:.1f} MFLOP a token over {rows} model rows, matmul rate {peak / 1e9:.1f} GFLOP/s "
+              f"measured here): {t['tokens_per_s'] / bound:.1%} of the bound")
         half = next(m for m in marks if m[0] >= args.seconds / 2)
-        print(f"  flat per frame: first half {half[1] / half[0]:.2f} s/s of video, second half "
-              f"{(marks[-1][1] - half[1]) / (marks[-1][0] - half[0]):.2f} s/s; KV cache at most "
-              f"{t['kv_cache_mb_max']:.1f} MiB; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        flat = (f"flat per frame: first half {half[1] / half[0]:.2f} s/s of video, second half "
+                f"{(marks[-1][1] - half[1]) / (marks[-1][0] - half[0]):.2f} s/s; " if marks[-1][0] > half[0] else "")
+        print(f"  {flat}KV cache at most {t['kv_cache_mb_max']:.1f} MiB; peak RSS "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":

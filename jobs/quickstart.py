@@ -15,7 +15,11 @@ checkpoint, checkpoints/tokenizer_cpu/; --train-tokenizer trains one instead) ->
 pre-tokenization into shards -> Loong stages 1-3 (images, 17-frame clips, 65-frame clips; 2 ranks,
 DeepSpeed ZeRO-1, each stage from the previous one's weights) -> the stage-2 recipe again with the
 plain token mean (the re-weighting ablation) -> 60 s videos for held-out synthetic prompts ->
-tokenizer and generation evaluation -> report.html.
+tokenizer and generation evaluation -> 60 s videos from the shipped transformer
+(checkpoints/t2v_cpu/, --shipped-seconds; prompts held out of its own training corpus) and their
+evaluation -> report.html. The demo's own tiny transformer exercises the pipeline; the shipped one,
+trained for hours by the same jobs (configs/cpu/), is what shows the prompts followed. Overrides
+of data.*, generate.*, model.* and text.* are the demo model's and do not reach the shipped one.
 
 With --s3 the token shards are written to and trained from that S3 prefix instead of the run folder
 (AWS_ENDPOINT_URL and credentials from the environment, as on a cluster).
@@ -44,6 +48,11 @@ ABLATION = "stage2_plain"
 """Stage 2 again with the plain token mean, from the same stage-1 weights: the re-weighting ablation."""
 PROMPTS = 3
 """Held-out synthetic captions the demo generates videos for."""
+SHIPPED_MODEL = PROJECT_ROOT / "checkpoints" / "t2v_cpu" / "model.safetensors"
+"""The transformer the project ships (trained by configs/cpu/, model card beside it): the demo
+also generates with it, for prompts held out from its training data."""
+SHIPPED_RECIPE = PROJECT_ROOT / "configs" / "cpu" / "loong.yaml"
+"""Its recipe; its `synthetic` section names the appearances held out of its training corpus."""
 
 
 @dataclass
@@ -60,7 +69,8 @@ class Step:
     """Its own key=value items (the user's come after them)."""
 
 
-def plan(out: Path, size: str, data_config: str, train_tokenizer: bool, shards: str) -> list[Step]:
+def plan(out: Path, size: str, data_config: str, train_tokenizer: bool, shards: str,
+         shipped_seconds: float = 60.0) -> list[Step]:
     def cfg(suffix: str = "") -> str:
         return data_config if not suffix else str(CONFIGS / f"{size}{suffix}.yaml")
 
@@ -94,13 +104,22 @@ def plan(out: Path, size: str, data_config: str, train_tokenizer: bool, shards: 
              ["--checkpoint", str(out / STAGES[-1] / "model.safetensors"), "--tokenizer", tokenizer,
               "--text-tokenizer", text_model, "--prompts-file", str(out / "prompts.jsonl"),
               "--out", str(out / "generate" / "videos.mp4")]),
-        Step("generation_eval", "jobs.evaluate", cfg("_stage3"),
+        Step("generate_eval", "jobs.evaluate", cfg("_stage3"),
              ["generation", "--videos", str(out / "generate" / "videos.json"), "--tokenizer", tokenizer,
-              "--out", str(out / "generation_eval")]),
+              "--out", str(out / "generate_eval")]),
         Step("tokenizer_eval", "jobs.evaluate", cfg(),
              ["tokenizer", "--checkpoint", tokenizer, "--manifest", str(out / "samples" / "held_out.jsonl"),
               "--out", str(out / "tokenizer_eval"), "--clips", "15"]),
     ]
+    if SHIPPED_MODEL.is_file() and shipped_seconds > 0:  # it carries its tokenizers and sampling settings
+        steps += [
+            Step("generate_shipped", "jobs.generate", cfg(),
+                 ["--checkpoint", str(SHIPPED_MODEL), "--prompts-file", str(out / "prompts_shipped.jsonl"),
+                  "--seconds", f"{shipped_seconds:g}", "--out", str(out / "generate_shipped" / "videos.mp4")]),
+            Step("generate_shipped_eval", "jobs.evaluate", cfg(),
+                 ["generation", "--videos", str(out / "generate_shipped" / "videos.json"),
+                  "--out", str(out / "generate_shipped_eval")]),
+        ]
     return steps
 
 
@@ -121,6 +140,13 @@ def _before(step: Step, out: Path) -> None:
         with open(out / "prompts.jsonl", "w") as f:
             for e in held[:PROMPTS]:
                 f.write(json.dumps({"prompt": e.caption, "attributes": e.extra["attributes"]}) + "\n")
+    if step.name == "generate_shipped":  # held out of the shipped model's corpus, moving ones first
+        from loong_dist.config import load_config
+        from loong_dist.data.synthetic import held_out_appearances, held_out_prompts
+        syn = load_config(SHIPPED_RECIPE).synthetic
+        prompts = held_out_prompts(4 * PROMPTS, seed=7, held=held_out_appearances(syn.held_out, syn.split_seed))
+        prompts.sort(key=lambda p: p["attributes"]["motion"] == "still")
+        (out / "prompts_shipped.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts[:PROMPTS]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3", default=None, metavar="URI", help="write and read the token shards under this "
                                                                   "s3://bucket/prefix instead of the run folder")
     parser.add_argument("--force", action="store_true", help="re-run steps that finished before")
+    parser.add_argument("--shipped-seconds", type=float, default=60.0, metavar="S",
+                        help=f"length of the videos generated with the shipped transformer "
+                             f"{SHIPPED_MODEL.relative_to(PROJECT_ROOT)} (0: skip those steps)")
     command = "python -m jobs.quickstart " + " ".join(sys.argv[1:] if argv is None else argv)
     args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
     if args.config is None:
@@ -145,16 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     shards = f"{args.s3.rstrip('/')}/shards" if args.s3 else str(out / "shards")
-    steps = plan(out, args.size, args.config, args.train_tokenizer, shards)
+    steps = plan(out, args.size, args.config, args.train_tokenizer, shards, args.shipped_seconds)
     started = time.time()
     for i, step in enumerate(steps, start=1):
         done = out / step.name / ".done"
         if done.exists() and not args.force:
             log.info("[%d/%d] %s: done before, skipped (--force re-runs it)", i, len(steps), step.name)
             continue
-        argv = [*step.args, "--config", step.config, *step.overrides, *args.overrides]
+        mine = args.overrides
+        if step.name.startswith("generate_shipped"):  # the shipped model brings its own data and sampling settings
+            mine = [o for o in mine if not o.startswith(("data.", "generate.", "model.", "text."))]
+        argv = [*step.args, "--config", step.config, *step.overrides, *mine]
         if step.module == "jobs.evaluate":  # its target comes first
-            argv = [step.args[0], "--config", step.config, *step.args[1:], *step.overrides, *args.overrides]
+            argv = [step.args[0], "--config", step.config, *step.args[1:], *step.overrides, *mine]
         log.info("[%d/%d] %s: python -m %s %s", i, len(steps), step.name, step.module, " ".join(argv))
         _before(step, out)
         start = time.time()

@@ -21,7 +21,7 @@ SMALL = ["synthetic.n=12", "synthetic.held_out=0.3", "data.size=64", "optim.step
          "train.token_budget=1536",
          "generate.seconds=2.5", "generate.window_latent_frames=5", "generate.overlap_latent_frames=2"]
 STEPS = {"samples", "synthetic", "text_tokenizer", "shards", "stage1", "stage2", "stage3", "stage2_plain",
-         "generate", "generation_eval", "tokenizer_eval"}
+         "generate", "generate_eval", "tokenizer_eval"}
 
 
 def _check_outputs(out: Path, shards_index: dict):
@@ -34,17 +34,17 @@ def _check_outputs(out: Path, shards_index: dict):
         assert (out / stage / "model.safetensors").exists()
     videos = json.loads((out / "generate" / "videos.json").read_text())["videos"]
     assert len(videos) >= 1 and all(Path(v["mp4"]).exists() and v["frames"] == 20 for v in videos)  # 2.5 s at 8 fps
-    assert json.loads((out / "generation_eval" / "generation_eval.json").read_text())["drift"]
+    assert json.loads((out / "generate_eval" / "generation_eval.json").read_text())["drift"]
     assert json.loads((out / "tokenizer_eval" / "tokenizer_eval.json").read_text())["clips"] > 0
     page = (out / "report.html").read_text()
     for ref in re.findall(r'(?:src|href)="([^"]+)"', page):  # the page opens from disk
         assert (out / ref).is_file(), ref
-    assert summary["training"]["stage2"]["frame_loss"] and summary["generation"]["videos"] == len(videos)
+    assert summary["training"]["stage2"]["frame_loss"] and summary["generation"]["generate"]["videos"] == len(videos)
 
 
 def test_quickstart_runs_steps_and_skips_them_on_rerun(tmp_path, sample_videos):
     out = tmp_path / "demo"
-    first = run("--out", str(out), *SMALL)
+    first = run("--out", str(out), "--shipped-seconds", "0", *SMALL)
     assert first.returncode == 0, first.stderr[-3000:]
     _check_outputs(out, json.loads((out / "shards" / "index.json").read_text()))
     assert len(read_manifest(str(out / "synthetic" / "manifest.jsonl"))[0]) == 12
@@ -52,13 +52,13 @@ def test_quickstart_runs_steps_and_skips_them_on_rerun(tmp_path, sample_videos):
     assert tok.decode(tok.encode("a small red circle")) == "a small red circle"
 
     model_bytes = (out / "text_tokenizer" / "text.model").read_bytes()
-    second = run("--out", str(out), *SMALL)
+    second = run("--out", str(out), "--shipped-seconds", "0", *SMALL)
     assert second.returncode == 0
     assert second.stderr.count("done before, skipped") == len(STEPS)
     assert (out / "text_tokenizer" / "text.model").read_bytes() == model_bytes
 
     (out / "stage3" / ".done").unlink()  # as if the run had been killed during stage 3
-    third = run("--out", str(out), *SMALL)
+    third = run("--out", str(out), "--shipped-seconds", "0", *SMALL)
     assert third.returncode == 0 and third.stderr.count("done before, skipped") == len(STEPS) - 1
 
 
@@ -67,7 +67,7 @@ def test_quickstart_on_s3(tmp_path, sample_videos, s3_env, s3_bucket):
     import boto3
 
     out = tmp_path / "demo"
-    proc = run("--out", str(out), "--s3", f"{s3_bucket}/demo", *SMALL)  # s3_env is in this process's environment
+    proc = run("--out", str(out), "--s3", f"{s3_bucket}/demo", "--shipped-seconds", "0", *SMALL)  # s3_env is in this process's environment
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (out / "shards" / "index.json").exists()
     s3 = boto3.client("s3", endpoint_url=s3_env)
