@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 
 from loong_dist.cli import job_parser, log, resolve_config, run_job, setup_process
-from loong_dist.config import Config, save_config
+from loong_dist.config import Config, config_yaml
+from loong_dist.io.run_folder import RunFolder
+from loong_dist.io.storage import Storage
 from loong_dist.errors import ConfigError
 from loong_dist.parallel.process_groups import launch_local
 
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ranks = args.num_workers or args.nproc
     if ranks % cfg.parallel.tp:
         raise ConfigError(f"config: parallel.tp={cfg.parallel.tp} does not divide the {ranks} ranks")
-    save_config(cfg, os.path.join(cfg.run.out_dir, "config.yaml"))
+    RunFolder(cfg.run.out_dir, Storage(cfg.storage)).write_text("config.yaml", config_yaml(cfg))  # s3:// too
     if args.num_workers:
         from loong_dist.train.launch import launch_ray
         launch_ray(run_rank, cfg, args.num_workers)

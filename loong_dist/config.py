@@ -834,12 +834,18 @@ def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def config_yaml(cfg) -> str:
+    """The resolved config as YAML text (loadable again with `load_config`)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg, path: str | Path) -> Path:
-    """Write the resolved config as YAML (loadable again with `load_config`)."""
+    """Write the resolved config as YAML to a local file (a run folder on S3: RunFolder.write_text
+    with `config_yaml`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.write_text(config_yaml(cfg))
     tmp.replace(path)
     return path
 

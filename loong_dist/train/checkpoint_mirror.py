@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loong_dist.errors import UserError
 from loong_dist.io.storage import Storage, join
 
 
@@ -35,16 +36,24 @@ def publish_latest(storage: Storage, uri: str, tag: str, keep: int) -> None:
             storage.delete(f)
 
 
+def download_tag(storage: Storage, uri: str, ckpt_dir: Path, tag: str) -> None:
+    """Copy the mirror's `tag` folder into ckpt_dir/tag (every rank's files of it)."""
+    prefix = join(uri, tag).rstrip("/") + "/"
+    files = storage.list(join(uri, tag))
+    if not files:
+        raise UserError(f"{join(uri, tag)}: the checkpoint mirror holds no files of {tag}")
+    for f in files:
+        storage.download_file(f, ckpt_dir / tag / f[len(prefix):])
+
+
 def download_latest(storage: Storage, uri: str, ckpt_dir: Path) -> str | None:
     """Copy the mirror's latest tag into ckpt_dir (and its `latest` file); None if it has none."""
     if not storage.exists(join(uri, "latest")):
         return None
     tag = storage.read_text(join(uri, "latest")).strip()
-    prefix = join(uri, tag).rstrip("/") + "/"
-    for f in storage.list(join(uri, tag)):
-        storage.download_file(f, ckpt_dir / tag / f[len(prefix):])
+    download_tag(storage, uri, ckpt_dir, tag)
     (ckpt_dir / "latest").write_text(tag)
     return tag
 
 
-__all__ = ["download_latest", "publish_latest", "upload_tag"]
+__all__ = ["download_latest", "download_tag", "publish_latest", "upload_tag"]

@@ -37,7 +37,8 @@ import torch.distributed as dist
 from loong_dist.config import Config, GenerateConfig
 from loong_dist.data.loader import TokenLoader
 from loong_dist.data.shards import ShardError, ShardIndex
-from loong_dist.io.storage import Storage
+from loong_dist.io.run_folder import RunFolder, local_input, scratch_for
+from loong_dist.io.storage import Storage, is_s3, join
 from loong_dist.errors import ConfigError, UserError
 from loong_dist.models.ar.checkpoint import load_model, read_model_meta, save_model
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
@@ -45,7 +46,7 @@ from loong_dist.models.ar.sizes import flops_per_token
 from loong_dist.models.losses import combine, frame_groups, frame_sums, group_counts, group_sums
 from loong_dist.parallel.engine import build_engine, build_model
 from loong_dist.parallel.process_groups import ParallelGroups
-from loong_dist.train.checkpoint_mirror import download_latest, publish_latest, upload_tag
+from loong_dist.train.checkpoint_mirror import download_latest, download_tag, publish_latest, upload_tag
 from loong_dist.train.telemetry import plot_frame_losses
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,12 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def model_file(init_from: str) -> Path:
-    """`train.init_from` as a model file: the path itself, or <run folder>/model.safetensors."""
-    path = Path(init_from)
-    return path / "model.safetensors" if path.is_dir() else path
+def model_file(init_from: str) -> str:
+    """`train.init_from` as a model file: the path or URI itself when it names a .safetensors
+    file, else <run folder>/model.safetensors (a local folder or an s3:// run prefix)."""
+    if init_from.endswith(".safetensors") or (not is_s3(init_from) and Path(init_from).is_file()):
+        return init_from
+    return join(init_from, "model.safetensors")
 
 
 @torch.no_grad()
@@ -153,12 +156,20 @@ class Trainer:
     def __init__(self, cfg: Config, groups: ParallelGroups, storage: Storage | None = None):
         self.cfg, self.groups = cfg, groups
         self.storage = storage or Storage(cfg.storage)
-        self.out = Path(cfg.run.out_dir)
+        self.is_main = (not dist.is_initialized()) or dist.get_rank() == 0
+        self.node_main = int(os.environ.get("LOCAL_RANK", 0)) == 0  # one rank per node moves files
+        # The run folder may be an s3:// prefix: every node then works in its own scratch copy
+        # (self.out) and the files that matter are published to it; nodes share nothing else.
+        self.run = RunFolder(cfg.run.out_dir, self.storage)
+        self.out = self.run.local
         self.ckpt_dir = self.out / "checkpoints"
         self.out.mkdir(parents=True, exist_ok=True)
+        self.mirror = cfg.train.checkpoint_uri or (self.run.uri_of("checkpoints") if self.run.remote else "")
+        """Where checkpoints are uploaded and resumed from besides this node's disk ("" : nowhere)."""
         index = ShardIndex.load_many([f for f in cfg.train.shards.split(",") if f], self.storage)
-        if cfg.train.init_from:  # a later stage keeps the vocabulary its weights were trained with
-            self.layout = self._inherited_layout(model_file(cfg.train.init_from), index)
+        self.init_file = self._fetch_init() if cfg.train.init_from else None
+        if self.init_file:  # a later stage keeps the vocabulary its weights were trained with
+            self.layout = self._inherited_layout(self.init_file, index)
         else:
             self.layout = layout_from_index(index, cfg.model.vocab_multiple, cfg.model.video_codes, self.storage)
         # Recorded in the export, so that generation finds and checks the tokenizers the shards came from.
@@ -167,11 +178,11 @@ class Trainer:
         self.text_tokenizer_uri = index.meta.get("text_tokenizer")
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(cfg.model, self.layout.padded_vocab_size, groups, cfg.parallel)
-        if cfg.train.init_from:
-            self._init_weights(model_file(cfg.train.init_from))
+        if self.init_file:
+            self._init_weights(self.init_file)
         self.engine = build_engine(self.model, cfg, groups)
         if cfg.train.init_from and cfg.train.init_optimizer:
-            self._init_optimizer(Path(cfg.train.init_from))
+            self._init_optimizer(cfg.train.init_from)
         self.loader = TokenLoader(index, self.layout, cfg.train.token_budget, groups.dp_rank, groups.dp_size,
                                   cfg.run.seed, cfg.train.latent_frames or None, self.storage, cfg.train.loader_workers,
                                   cfg.train.mix or None, cfg.train.caption_dropout)
@@ -182,8 +193,6 @@ class Trainer:
         self._check_buckets()
         self.n_frames = max(self.loader.sampler.buckets)  # telemetry: latent frames of the longest bucket
         self.step = 0
-        self.is_main = (not dist.is_initialized()) or dist.get_rank() == 0
-        self.node_main = int(os.environ.get("LOCAL_RANK", 0)) == 0  # one rank per node moves files
         self._tb = None
         if self.is_main:
             self.padding = self.loader.padding_report()
@@ -191,7 +200,7 @@ class Trainer:
             log.info("buckets (latent frames: micro-batch) %s; padding %.2f%% bucketed vs %.2f%% naive "
                      "(pad-to-longest, batch %d)", buckets, 100 * self.padding["bucketed"], 100 * self.padding["naive"],
                      self.padding["naive_batch_size"])
-            (self.out / "padding.json").write_text(json.dumps(dict(self.padding, micro_batch=buckets)) + "\n")
+            self.run.write_text("padding.json", json.dumps(dict(self.padding, micro_batch=buckets)) + "\n")
 
     def _check_buckets(self) -> None:
         """Before the first step: the longest sequence of every bucket fits the model's positions
@@ -210,6 +219,21 @@ class Trainer:
                             sampler.dp_size)
 
     # -- stage start ---------------------------------------------------------------------------
+
+    def _fetch_init(self) -> Path:
+        """The previous stage's model file on this node: read in place, or (s3://) downloaded by
+        one rank per node into its scratch while the others wait."""
+        uri = model_file(self.cfg.train.init_from)
+        if not is_s3(uri):
+            return Path(uri)
+        path = scratch_for(uri) / uri.rsplit("/", 1)[-1]
+        if self.node_main:
+            try:
+                local_input(uri, self.storage)
+            except UserError as e:
+                raise ConfigError(f"config: train.init_from={self.cfg.train.init_from!r}: {e}") from None
+        self._barrier()
+        return path
 
     def _inherited_layout(self, path: Path, index: ShardIndex) -> VocabLayout:
         """The layout of the model this stage starts from, checked against these shards' tokenizers."""
@@ -237,13 +261,18 @@ class Trainer:
                                   f"{self.cfg.model.size} ({str(e).splitlines()[1].strip()})") from None
         log.info("initialised from %s (%s)", path, extra)
 
-    def _init_optimizer(self, run: Path) -> None:
+    def _init_optimizer(self, run: str) -> None:
         """Also take the previous stage's optimizer state (its latest DeepSpeed checkpoint); the
         learning-rate schedule starts afresh."""
-        ckpt = run / "checkpoints"
+        ckpt = Path(run) / "checkpoints"
+        if is_s3(run):  # one rank per node copies the latest tag into its scratch
+            ckpt = scratch_for(join(run, "checkpoints"))
+            if self.node_main:
+                download_latest(self.storage, join(run, "checkpoints"), ckpt)
+            self._barrier()
         if not (ckpt / "latest").exists():
             raise ConfigError(f"config: train.init_optimizer=true needs train.init_from to be a run folder with "
-                              f"checkpoints; {ckpt}/latest does not exist")
+                              f"checkpoints; {join(run, 'checkpoints', 'latest')} does not exist")
         self.engine.load_checkpoint(str(ckpt), load_optimizer_states=True, load_lr_scheduler_states=False)
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -265,39 +294,70 @@ class Trainer:
                 + (f"{latest} still names {kept}, which a restart resumes from" if kept else "no checkpoint was kept yet")
             ) from None
         self._barrier()
-        if self.is_main:
+        if self.node_main:  # every node's own disk holds its ranks' files: each gets its pointer
             write_latest(self.ckpt_dir, tag)
         self._barrier()
-        uri = self.cfg.train.checkpoint_uri
+        uri = self.mirror
         if uri:  # every node uploads what its ranks wrote; `latest` goes last, once all are up
-            self._barrier()
             if self.node_main:
                 upload_tag(self.storage, self.ckpt_dir, uri, tag)
             self._barrier()
             if self.is_main:
                 publish_latest(self.storage, uri, tag, self.cfg.train.keep_checkpoints)
-        if self.is_main:
+        if self.node_main:  # pruned on every node, not on rank 0's disk alone
             tags = sorted(p.name for p in self.ckpt_dir.glob("step*") if p.is_dir())
             for old in tags[:-self.cfg.train.keep_checkpoints]:
                 shutil.rmtree(self.ckpt_dir / old, ignore_errors=True)
+        if self.is_main:
+            self._publish_telemetry()
         log.info("checkpoint %s saved%s", tag, f" and mirrored to {uri}" if uri else "")
+
+    def _publish_telemetry(self) -> None:
+        """metrics.jsonl and the TensorBoard events into the run folder (a no-op when it is local)."""
+        if self._tb is not None:
+            self._tb.flush()
+        for name in ("metrics.jsonl", "tensorboard", "frame_loss.png"):
+            self.run.publish(name)
 
     def _barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier()
 
+    def _resume_tag(self) -> str | None:
+        """The checkpoint to continue from, decided on rank 0 and the same on every rank: the
+        mirror's latest (complete on every node's behalf) when there is a mirror, else the one
+        rank 0's disk names. Never read by each rank from its own disk, which on a cluster
+        without a shared filesystem differ."""
+        tag = None
+        if self.is_main:
+            local = self.ckpt_dir / "latest"
+            if self.mirror and self.storage.exists(join(self.mirror, "latest")):
+                tag = self.storage.read_text(join(self.mirror, "latest")).strip()
+            elif local.exists():
+                tag = local.read_text().strip()
+        if dist.is_initialized():
+            box = [tag]
+            dist.broadcast_object_list(box, src=0)
+            tag = box[0]
+        return tag
+
     def resume(self) -> bool:
-        """Load the latest checkpoint in the run folder (or, with none there, in checkpoint_uri)."""
-        uri = self.cfg.train.checkpoint_uri
-        if uri:
-            if self.node_main and not (self.ckpt_dir / "latest").exists():
-                tag = download_latest(self.storage, uri, self.ckpt_dir)
-                if tag:
-                    log.info("checkpoint %s downloaded from %s", tag, uri)
-            self._barrier()
-        if not (self.ckpt_dir / "latest").exists():
+        """Load the latest checkpoint of the run (see `_resume_tag`); every node first makes sure
+        its disk holds that tag, from the mirror when it does not."""
+        tag = self._resume_tag()
+        if tag is None:
             return False
-        path, client = self.engine.load_checkpoint(str(self.ckpt_dir))
+        missing = not (self.ckpt_dir / tag).is_dir()
+        if self.node_main and missing and self.mirror:
+            download_tag(self.storage, self.mirror, self.ckpt_dir, tag)
+            log.info("checkpoint %s downloaded from %s", tag, self.mirror)
+        elif self.node_main and missing:
+            raise CheckpointWriteError(f"checkpoint {tag}: rank 0 resumes from it, this node's {self.ckpt_dir} does "
+                                       f"not hold it, and there is no mirror (train.checkpoint_uri) to fetch it from")
+        if self.node_main:
+            write_latest(self.ckpt_dir, tag)
+        self._barrier()
+        path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if path is None:
             return False
         self.step = int(client["step"])
@@ -312,14 +372,16 @@ class Trainer:
         state = full_state_dict(self.engine, self.model, self.groups)
         path = path or self.out / "model.safetensors"
         if self.is_main:
-            extra = {"step": self.step, "run": str(self.out), "init_from": self.cfg.train.init_from,
+            extra = {"step": self.step, "run": self.run.uri, "init_from": self.cfg.train.init_from,
                      "loss_mode": self.cfg.loss.mode, **self.data_meta,
                      "generate": recommended_generation(self.cfg.generate)}
             proto = self._text_tokenizer_proto()
             if proto is not None:
                 extra["text_tokenizer_model"] = base64.b64encode(proto).decode("ascii")
             save_model(state, self.cfg.model, self.layout, path, extra)
-            log.info("exported %s", path)
+            name = path.relative_to(self.out).as_posix()
+            self.run.publish(name)
+            log.info("exported %s", self.run.uri_of(name))
         if dist.is_initialized():  # the next stage may start in these same processes
             dist.barrier()
         return path
@@ -418,6 +480,7 @@ class Trainer:
                                 self.loader.sampler.buckets[max(self.loader.sampler.buckets)].max_len)
         metrics = self.out / "metrics.jsonl"
         if self.is_main:
+            self.run.fetch("metrics.jsonl")  # a new node continues the published file
             self._trim_metrics(metrics)
         while self.step < steps:
             stats = self.train_step()
@@ -439,7 +502,7 @@ class Trainer:
         if self.step >= self.cfg.optim.steps:  # the stage is done: weights for the next stage / inference
             self.export()
             if self.is_main:
-                plot_frame_losses(metrics, self.out / "frame_loss.png", self.out.name)
-        if self._tb is not None:
-            self._tb.flush()
+                plot_frame_losses(metrics, self.out / "frame_loss.png", self.run.uri.rstrip("/").rsplit("/", 1)[-1])
+        if self.is_main:
+            self._publish_telemetry()
         return history
