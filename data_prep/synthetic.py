@@ -30,12 +30,13 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from loong_dist.cli import job_parser, resolve_config, run_job
-from loong_dist.config import save_config
+from loong_dist.config import config_yaml
 from loong_dist.data.manifest import ManifestEntry, write_manifest
 from loong_dist.data.synthetic import (attributes_for, caption, held_out_appearances, held_out_prompts,
                                       render_clip, split_for)
 from loong_dist.errors import ConfigError
-from loong_dist.io.storage import is_s3
+from loong_dist.io.run_folder import RunFolder
+from loong_dist.io.storage import Storage
 from loong_dist.io.video import frame_strip, write_mp4
 
 ALIASES = {"--n": "synthetic.n", "--frames": "synthetic.frames", "--size": "synthetic.size",
@@ -97,14 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
     cfg = resolve_config(args, ALIASES)
     syn, seed = cfg.synthetic, cfg.run.seed
-    if is_s3(cfg.run.out_dir):
-        raise ConfigError(f"config: run.out_dir={cfg.run.out_dir!r}: synthetic clips are written to a local folder")
-    out = Path(cfg.run.out_dir)
+    # An s3:// output is rendered into this node's scratch and published object by object, so the
+    # corpus is where every node of a cluster reads it.
+    folder = RunFolder(cfg.run.out_dir, Storage(cfg.storage))
+    out = folder.local
     if args.prompts:
         write_prompts(out, args.prompts, cfg)
+        folder.publish("prompts.jsonl")
         return 0
+    folder.fetch("config.yaml")
     keep_existing = _same_pixels(out / "config.yaml", cfg)
-    save_config(cfg, out / "config.yaml")  # before rendering: it describes every mp4 in videos/
+    published = set(folder.storage.list(folder.uri_of("videos"))) if folder.remote and keep_existing else set()
+    folder.write_text("config.yaml", config_yaml(cfg))  # before rendering: it describes every mp4 in videos/
 
     start, entries, todo = time.perf_counter(), [], []
     held = held_out_appearances(syn.held_out, syn.split_seed)
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         entries.append(ManifestEntry(str(path), caption(attrs, num_frames), extra={
             "split": split_for(attrs, held), "attributes": attrs, "frames": num_frames,
             "fps": syn.fps, "size": syn.size, "source": "synthetic"}))
-        if not (keep_existing and path.is_file()):
+        if not (keep_existing and (path.is_file() or folder.uri_of("videos", path.name) in published)):
             todo.append((str(path), attrs, num_frames, syn.size, syn.fps))
 
     # Rendering and x264 each keep one core busy per clip: spread clips over processes.
@@ -125,11 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         done = pool.imap_unordered(_write_clip, todo, chunksize=4) if pool else map(_write_clip, todo)
         for _ in tqdm(done, total=len(todo), desc="synthetic", unit="clip", mininterval=2.0):
             pass
+    for task in todo:  # a local folder: nothing to do
+        folder.publish("videos", Path(task[0]).name)
 
-    manifest = write_manifest(str(out / "manifest.jsonl"), entries)
+    write_manifest(str(out / "manifest.jsonl"), entries)
     first = entries[:PREVIEW_CLIPS]
     clips = [render_clip(e.extra["attributes"], e.extra["frames"], syn.size) for e in first]
     _preview(clips, [e.caption for e in first], syn.size).save(out / "preview.png")
+    folder.publish("preview.png")
+    folder.publish("manifest.jsonl")  # last: a manifest on S3 names only clips already there
+    manifest = folder.uri_of("manifest.jsonl")
     wall = time.perf_counter() - start
     held_out = sum(e.extra["split"] == "held_out" for e in entries)
     frames = sum(e.extra["frames"] for e in entries)

@@ -27,7 +27,8 @@ from pathlib import Path
 from loong_dist.cli import job_parser, log, resolve_config, run_job
 from loong_dist.data.clip_bank import build_clip_bank
 from loong_dist.data.manifest import read_manifest
-from loong_dist.errors import ConfigError
+from loong_dist.errors import ConfigError, UserError
+from loong_dist.io.run_folder import RunFolder, local_input
 from loong_dist.io.storage import Storage
 from loong_dist.io.video import write_gif
 
@@ -50,7 +51,7 @@ def evaluate_tokenizer(argv: list[str]) -> int:
         if not value:
             raise ConfigError(f"config: {key} is empty: pass --{'checkpoint' if key == 'tokenizer.path' else 'manifest'}")
     storage = Storage(cfg.storage)
-    tok = load_tokenizer(cfg.tokenizer.path)
+    tok = load_tokenizer(local_input(cfg.tokenizer.path, storage))
     tok.latent_shape(args.frames, cfg.data.size, cfg.data.size)
     entries, _ = read_manifest(cfg.data.manifest, storage)
     entries = entries[:args.clips]
@@ -58,21 +59,23 @@ def evaluate_tokenizer(argv: list[str]) -> int:
                                   storage, return_plan=True)
     result = evaluate_clips(tok, clips)
     recon = result.pop("recon")
-    out = Path(cfg.run.out_dir)
-    gifs = out / "tokenizer_eval"
+    out = RunFolder(cfg.run.out_dir, storage)  # written here, published when it is an s3:// prefix
     for i, (clip, rec) in enumerate(zip(clips, recon)):
-        write_gif(gifs / f"clip_{i:03d}.gif", np.concatenate([clip, rec], axis=2), fps=cfg.data.fps)
+        name = f"tokenizer_eval/clip_{i:03d}.gif"
+        write_gif(out.path(name), np.concatenate([clip, rec], axis=2), fps=cfg.data.fps)
         entry, start = plan[i]
         result["per_clip"][i].update(video=entry.video, start=round(start, 3), caption=entry.caption,
-                                     gif=str(gifs / f"clip_{i:03d}.gif"))
+                                     gif=str(out.path(name)) if not out.remote else out.uri_of(name))
     report = {"checkpoint": cfg.tokenizer.path, "manifest": cfg.data.manifest, "clips": len(clips),
               "frames": args.frames, "size": cfg.data.size, "fps": cfg.data.fps, "codebook_size": tok.codebook_size,
               **result}
-    storage.write_text(str(out / "tokenizer_eval.json"), json.dumps(report, indent=2) + "\n")
-    write_reconstructions(out / "reconstructions.png", clips, recon, [entry.video for entry, _ in plan])
+    write_reconstructions(out.path("reconstructions.png"), clips, recon, [entry.video for entry, _ in plan])
+    out.publish("tokenizer_eval")
+    out.publish("reconstructions.png")
+    out.write_text("tokenizer_eval.json", json.dumps(report, indent=2) + "\n")
     log.info("tokenizer: PSNR %.2f dB (bilinear 8x reference %.2f dB), SSIM %.3f, %d clips; codes used %.2f%%, "
              "perplexity %.0f -> %s", report["psnr"], report["ref_psnr"], report["ssim"], len(clips),
-             100 * report["used"], report["perplexity"], out / "tokenizer_eval.json")
+             100 * report["used"], report["perplexity"], out.uri_of("tokenizer_eval.json"))
     return 0
 
 
@@ -103,10 +106,11 @@ def evaluate_generation(argv: list[str]) -> int:
     parser.add_argument("--window-s", type=float, default=10.0, help="window length (seconds)")
     args = parser.parse_intermixed_args(argv)
     cfg = resolve_config(args, aliases)
+    storage = Storage(cfg.storage)
     try:
-        run = json.loads(Path(args.videos).read_text())
+        run = json.loads(storage.read_text(args.videos))
         videos, fps, settings = run["videos"], float(run["fps"]), run["generate"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, UserError) as e:
         raise ConfigError(f"{args.videos}: not a jobs.generate JSON ({type(e).__name__}: {e})") from None
     tok_path = cfg.tokenizer.path or run.get("tokenizer", "")
     tok = load_tokenizer(tok_path) if tok_path else None
@@ -114,7 +118,8 @@ def evaluate_generation(argv: list[str]) -> int:
     first_clip = pixel_frames(settings["window_latent_frames"])
     rows = []
     for v in videos:
-        frames = read_clip(v["mp4"], 0.0, probe_video(v["mp4"]).num_frames, fps=None, size=None)
+        mp4 = str(local_input(v["mp4"], storage))  # a video on S3 is read from a scratch copy
+        frames = read_clip(mp4, 0.0, probe_video(mp4).num_frames, fps=None, size=None)
         row = {"mp4": v["mp4"], "prompt": v.get("prompt"), "frames": len(frames),
                "drift": drift(frames, fps, first_clip, args.window_s, tok, bf16)}
         if v.get("attributes"):
@@ -122,9 +127,8 @@ def evaluate_generation(argv: list[str]) -> int:
         rows.append(row)
     report = {"videos_json": args.videos, "tokenizer": tok_path or None, "window_s": args.window_s, "fps": fps,
               "first_clip_frames": first_clip, "generate": settings, **summarise(rows), "per_video": rows}
-    out = Path(cfg.run.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "generation_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    out = RunFolder(cfg.run.out_dir, storage)
+    out.write_text("generation_eval.json", json.dumps(report, indent=2) + "\n")
     for w in report["drift"]:
         log.info("window %d (from %.0f s): colour TV %.3f, code TV %s, code entropy %s bits, motion %.2f",
                  w["window"], w["start_s"], w["colour_tv"], f"{w['code_tv']:.3f}" if "code_tv" in w else "-",
@@ -132,7 +136,7 @@ def evaluate_generation(argv: list[str]) -> int:
     if report["alignment"]:
         log.info("prompt alignment, first window (%d videos): %s", report["alignment"]["videos"],
                  ", ".join(f"{k} {v:.0%}" for k, v in report["alignment"]["first_window"].items()))
-    log.info("-> %s", out / "generation_eval.json")
+    log.info("-> %s", out.uri_of("generation_eval.json"))
     return 0
 
 

@@ -33,12 +33,15 @@ ALIASES = {"--tokenizer": "tokenizer.path", "--text-tokenizer": "text.path", "--
            "--seed": "run.seed"}
 
 
-def read_prompts(path: str) -> list[dict]:
-    """Prompts file -> [{"prompt": str, "attributes": dict | None}], one per non-empty line."""
-    if not os.path.isfile(path):
+def read_prompts(path: str, storage=None) -> list[dict]:
+    """Prompts file (a local path or s3:// URI) -> [{"prompt": str, "attributes": dict | None}],
+    one per non-empty line."""
+    from loong_dist.io.storage import Storage, is_s3
+    storage = storage or Storage()
+    if not (storage.exists(path) if is_s3(path) else os.path.isfile(path)):
         raise UserError(f"{path}: prompts file not found")
     prompts = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(storage.read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from loong_dist.inference.carried import generation_defaults, video_tokenizer_path
+    from loong_dist.io.run_folder import RunFolder, local_input
+    from loong_dist.io.storage import Storage, is_s3, parent
     from loong_dist.inference.carried import text_tokenizer as carried_text_tokenizer
     from loong_dist.inference.generate import VideoGenerator, check_prompt
     from loong_dist.io.video import frame_strip, write_gif, write_mp4
@@ -83,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts-file", default=None, help="one prompt per line (text or JSON Lines)")
     parser.add_argument("--out", default="video.mp4", help="output video path (see above)")
     args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
+    storage = Storage()
+    checkpoint = args.checkpoint
+    args.checkpoint = str(local_input(checkpoint, storage)) if is_s3(checkpoint) else checkpoint  # s3:// too
     # What the model file carries (models trained by jobs.train): its clips' size and frame rate and
     # its recommended sampling settings are defaults here, the tokenizers are found or checked.
     trained = read_model_meta(args.checkpoint)[2]
@@ -95,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         if key in trained and float(trained[key]) != float(value):
             raise UserError(f"{args.checkpoint}: model was trained on clips with data.{key}={trained[key]}, "
                             f"data.{key} is {value} (leave it out, or pass data.{key}={trained[key]})")
-    prompts = [{"prompt": args.prompt, "attributes": None}] if args.prompt is not None else read_prompts(args.prompts_file)
+    storage = Storage(cfg.storage)
+    prompts = ([{"prompt": args.prompt, "attributes": None}] if args.prompt is not None
+               else read_prompts(args.prompts_file, storage))
+    # Outputs are written on this machine, then published beside --out (an s3:// URI too).
+    folder = RunFolder(parent(args.out) if ("/" in args.out) else ".", storage)
 
     device = gen_cfg.device if gen_cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if resolve_precision(gen_cfg.precision, device) == "bf16" else torch.float32
@@ -123,21 +135,25 @@ def main(argv: list[str] | None = None) -> int:
                                                                 name, s, gen_cfg.seconds, time.perf_counter() - t0))
         for row, i in enumerate(batch):
             frames, paths = result.frames[row], output_paths(args.out, i, len(prompts))
-            write_mp4(paths["mp4"], frames, fps=cfg.data.fps)
-            write_gif(paths["gif"], frames, fps=cfg.data.fps)
-            Image.fromarray(frame_strip(frames, gen_cfg.strip_frames)).save(paths["png"])
+            local = {k: folder.path(v.rstrip("/").rsplit("/", 1)[-1]) for k, v in paths.items()}
+            local["mp4"].parent.mkdir(parents=True, exist_ok=True)
+            write_mp4(local["mp4"], frames, fps=cfg.data.fps)
+            write_gif(local["gif"], frames, fps=cfg.data.fps)
+            Image.fromarray(frame_strip(frames, gen_cfg.strip_frames)).save(local["png"])
+            for path in local.values():
+                folder.publish(path.name)
             videos.append({**prompts[i], **paths, "frames": int(frames.shape[0]), "seconds": frames.shape[0] / cfg.data.fps,
                            "seed": cfg.run.seed + start, "row": row,
                            "timings": {k: round(float(v), 4) for k, v in result.timings.items()}})
         log.info("%s: %d frames in %.1f s (%.0f tokens/s, %d windows) -> %s", name, result.frames.shape[1],
                  result.timings["total_s"], result.timings["tokens_per_s"], result.windows,
                  ", ".join(output_paths(args.out, i, len(prompts))["mp4"] for i in batch))
-    report = {"checkpoint": args.checkpoint, "tokenizer": video_tok_path, "text_tokenizer": cfg.text.path or "carried",
+    report = {"checkpoint": checkpoint, "tokenizer": video_tok_path, "text_tokenizer": cfg.text.path or "carried",
               "device": device, "fps": cfg.data.fps, "size": cfg.data.size, "seed": cfg.run.seed,
               "max_text_tokens": cfg.text.max_text_tokens, "generate": dataclasses.asdict(gen_cfg),
               "wall_s": round(time.perf_counter() - t0, 3), "videos": videos, "config": config_to_dict(cfg)}
     json_path = (args.out[:-4] if args.out.endswith(".mp4") else args.out) + ".json"
-    Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+    folder.write_text(json_path.rstrip("/").rsplit("/", 1)[-1], json.dumps(report, indent=2) + "\n")
     log.info("%d video(s), %.1f s each, in %.1f s -> %s", len(videos), gen_cfg.seconds, report["wall_s"], json_path)
     return 0
 

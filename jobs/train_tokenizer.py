@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 
 from loong_dist.cli import job_parser, log, resolve_config, run_job, setup_process
-from loong_dist.config import Config, save_config
+from loong_dist.config import Config, config_yaml
+from loong_dist.io.run_folder import RunFolder
+from loong_dist.io.storage import Storage
 from loong_dist.errors import ConfigError
 from loong_dist.parallel.process_groups import launch_local
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.parallel.tp != 1:
         raise ConfigError(f"config: parallel.tp={cfg.parallel.tp}: the tokenizer trains data-parallel only")
     max_seconds = args.max_minutes * 60 if args.max_minutes else None
-    save_config(cfg, os.path.join(cfg.run.out_dir, "config.yaml"))
+    RunFolder(cfg.run.out_dir, Storage(cfg.storage)).write_text("config.yaml", config_yaml(cfg))  # s3:// too
     if "RANK" in os.environ:
         run_rank(cfg, max_seconds)
         return 0

@@ -1,18 +1,25 @@
-"""A mirror of the local DeepSpeed checkpoint folder at a URI (s3:// prefix or another folder).
+"""A mirror of the local DeepSpeed checkpoint folder at a URI (s3:// prefix or another folder),
+and the resume decision that every rank shares.
 
-DeepSpeed writes checkpoints to local disk only. With `train.checkpoint_uri` set, each saved tag
-folder is uploaded after the save, and `latest` (the tag name) is written last, so a mirror read
-at any time names a complete checkpoint. A run that finds no checkpoint on its local disk (a new
-node, a lost volume) downloads the mirror's latest tag before resuming.
+DeepSpeed writes checkpoints to local disk only. With a mirror (`train.checkpoint_uri`, or the
+run folder's checkpoints/ when the run folder is on S3), each saved tag folder is uploaded after
+the save, and `latest` (the tag name) is written last, so a mirror read at any time names a
+complete checkpoint. Which tag a run resumes from is decided once, on rank 0, and broadcast:
+ranks on nodes without a shared disk would otherwise each read their own `latest` and disagree.
+A node that does not hold the chosen tag downloads it from the mirror.
 
-    upload_tag(storage, ckpt_dir, uri, tag)     # on one rank per node: its files of the tag
-    publish_latest(storage, uri, tag, keep)     # on global rank 0, after every node uploaded
-    download_latest(storage, uri, ckpt_dir)     # on one rank per node, before load_checkpoint
+    publish_checkpoint(storage, ckpt_dir, uri, tag, keep, ...)   # after every rank saved `tag`
+    tag = resume_tag(storage, ckpt_dir, uri, is_main)             # the same on every rank
+    fetch_tag(storage, ckpt_dir, uri, tag, node_main)             # then engine.load_checkpoint(tag=tag)
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
+
+import torch.distributed as dist
 
 from loong_dist.errors import UserError
 from loong_dist.io.storage import Storage, join
@@ -56,4 +63,72 @@ def download_latest(storage: Storage, uri: str, ckpt_dir: Path) -> str | None:
     return tag
 
 
-__all__ = ["download_latest", "download_tag", "publish_latest", "upload_tag"]
+def write_latest(ckpt_dir: Path, tag: str) -> None:
+    """Point DeepSpeed's `latest` file at `tag` atomically (temporary file, fsync, rename)."""
+    tmp = ckpt_dir / ".latest.tmp"
+    with open(tmp, "w") as f:
+        f.write(tag)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(ckpt_dir / "latest")
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def publish_checkpoint(storage: Storage, ckpt_dir: Path, uri: str, tag: str, keep: int, is_main: bool,
+                       node_main: bool) -> None:
+    """After every rank wrote its files of `tag` (a collective): each node points its `latest` at
+    it, uploads its ranks' files to the mirror (if any), then rank 0 publishes the mirror's
+    `latest`; every node prunes its own disk to the newest `keep` tags."""
+    _barrier()
+    if node_main:  # every node's own disk holds its ranks' files: each gets its pointer
+        write_latest(ckpt_dir, tag)
+    _barrier()
+    if uri:  # every node uploads what its ranks wrote; `latest` goes last, once all are up
+        if node_main:
+            upload_tag(storage, ckpt_dir, uri, tag)
+        _barrier()
+        if is_main:
+            publish_latest(storage, uri, tag, keep)
+    if node_main:  # pruned on every node, not on rank 0's disk alone
+        tags = sorted(p.name for p in ckpt_dir.glob("step*") if p.is_dir())
+        for old in tags[:-keep]:
+            shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+
+
+def resume_tag(storage: Storage, ckpt_dir: Path, uri: str, is_main: bool) -> str | None:
+    """The checkpoint to continue from, decided on rank 0 and returned on every rank (a
+    collective): the mirror's latest when there is a mirror, else the one rank 0's disk names."""
+    tag = None
+    if is_main:
+        if uri and storage.exists(join(uri, "latest")):
+            tag = storage.read_text(join(uri, "latest")).strip()
+        elif (ckpt_dir / "latest").exists():
+            tag = (ckpt_dir / "latest").read_text().strip()
+    if dist.is_initialized():
+        box = [tag]
+        dist.broadcast_object_list(box, src=0)
+        tag = box[0]
+    return tag
+
+
+def fetch_tag(storage: Storage, ckpt_dir: Path, uri: str, tag: str, node_main: bool) -> bool:
+    """Make this node's disk hold `tag` (from the mirror when it does not) and name it `latest`
+    (a collective). True when it was downloaded."""
+    missing = not (ckpt_dir / tag).is_dir()
+    if node_main and missing:
+        if not uri:
+            raise UserError(f"checkpoint {tag}: rank 0 resumes from it, this node's {ckpt_dir} does not hold it, "
+                            f"and there is no mirror (train.checkpoint_uri) to fetch it from")
+        download_tag(storage, uri, ckpt_dir, tag)
+    if node_main:
+        write_latest(ckpt_dir, tag)
+    _barrier()
+    return missing and bool(uri)
+
+
+__all__ = ["download_latest", "download_tag", "fetch_tag", "publish_checkpoint", "publish_latest", "resume_tag",
+           "upload_tag", "write_latest"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -31,11 +32,13 @@ from loong_dist.data.manifest import read_manifest
 from loong_dist.data.text_overlay import overlay_text
 from loong_dist.evaluation.plots import line_chart
 from loong_dist.evaluation.tokenizer_quality import evaluate_clips
+from loong_dist.io.run_folder import RunFolder
 from loong_dist.io.storage import Storage
 from loong_dist.io.video import write_gif
 from loong_dist.models.tokenizer import VideoTokenizer, save_tokenizer
 from loong_dist.parallel.engine import build_engine, load_checkpoint_file, use_bf16
 from loong_dist.parallel.process_groups import ParallelGroups
+from loong_dist.train.checkpoint_mirror import download_tag, fetch_tag, publish_checkpoint, resume_tag
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,15 @@ def draw_clips(bank: np.ndarray, n: int, seed: list[int], crop: int = 0, text_ov
 class TokenizerTrainer:
     def __init__(self, cfg: Config, groups: ParallelGroups):
         self.cfg, self.groups = cfg, groups
-        self.out = Path(cfg.run.out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.is_main = (not dist.is_initialized()) or dist.get_rank() == 0
-        storage = Storage(cfg.storage)
+        self.node_main = int(os.environ.get("LOCAL_RANK", 0)) == 0  # one rank per node moves files
+        storage = self.storage = Storage(cfg.storage)
+        # An s3:// run folder: each node works in its own scratch copy and publishes what matters.
+        self.run = RunFolder(cfg.run.out_dir, storage)
+        self.out = self.run.local
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.mirror = self.run.uri_of("checkpoints") if self.run.remote else ""
         tt = cfg.tokenizer_train
         sources = [[e for e in read_manifest(m, storage)[0] if e.extra.get("split") != "held_out"]
                    for m in tt.manifests]
@@ -126,10 +134,21 @@ class TokenizerTrainer:
         return losses
 
     def save(self) -> None:
-        self.engine.save_checkpoint(str(self.out / "checkpoints"), tag=f"step{self.step:08d}",
-                                    client_state={"step": self.step, "wall": self.wall})
+        tag = f"step{self.step:08d}"
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state={"step": self.step, "wall": self.wall},
+                                    save_latest=False)
+        # every checkpoint is kept: average_last reads the last ones back
+        publish_checkpoint(self.storage, self.ckpt_dir, self.mirror, tag, 10 ** 9, self.is_main, self.node_main)
         if self.is_main:
-            save_tokenizer(self._export_model(), self.out / "tokenizer.safetensors")
+            self._export()
+
+    def _export(self) -> None:
+        """tokenizer.safetensors and the run's telemetry, published to the run folder."""
+        save_tokenizer(self._export_model(), self.out / "tokenizer.safetensors")
+        if self.writer is not None:
+            self.writer.flush()
+        for name in ("tokenizer.safetensors", "eval.jsonl", "psnr_curve.png", "previews", "tensorboard"):
+            self.run.publish(name)
 
     def _fp32_model(self) -> VideoTokenizer:
         model = VideoTokenizer(self.cfg.tokenizer)
@@ -142,7 +161,12 @@ class TokenizerTrainer:
         n = self.cfg.tokenizer_train.average_last
         if n == 1:
             return self._fp32_model()
-        saved = sorted(d for d in (self.out / "checkpoints").glob("step*")
+        if self.mirror:  # a node that joined late holds only the tag it resumed from
+            tags = {u[len(self.mirror) + 1:].split("/")[0] for u in self.storage.list(self.mirror)} - {"latest"}
+            for tag in sorted(t for t in tags if t[4:].isdigit() and int(t[4:]) <= self.step)[-n:]:
+                if not (self.ckpt_dir / tag).is_dir():
+                    download_tag(self.storage, self.mirror, self.ckpt_dir, tag)
+        saved = sorted(d for d in self.ckpt_dir.glob("step*")
                        if d.name[4:].isdigit() and int(d.name[4:]) <= self.step)[-n:]
         total: dict[str, torch.Tensor] = {}
         for d in saved:
@@ -154,9 +178,15 @@ class TokenizerTrainer:
         return model.eval()
 
     def resume(self) -> bool:
-        if not (self.out / "checkpoints" / "latest").exists():
+        """The run's latest checkpoint, the same tag on every rank (decided on rank 0), fetched
+        from the run folder by a node that does not hold it."""
+        tag = resume_tag(self.storage, self.ckpt_dir, self.mirror, self.is_main)
+        if tag is None:
             return False
-        path, client = self.engine.load_checkpoint(str(self.out / "checkpoints"))
+        fetch_tag(self.storage, self.ckpt_dir, self.mirror, tag, self.node_main)
+        if self.is_main:
+            self.run.fetch("eval.jsonl")
+        path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if path is None:
             return False
         self.step, self.wall = int(client["step"]), float(client["wall"])
@@ -197,9 +227,9 @@ class TokenizerTrainer:
         if self.step == 0:
             self.evaluate()
         if self.step >= steps and self.is_main:  # a finished run started again: export with this config
-            save_tokenizer(self._export_model(), self.out / "tokenizer.safetensors")
+            self._export()
             log.info("nothing left to train (step %d of %d); exported %s again", self.step, steps,
-                     self.out / "tokenizer.safetensors")
+                     self.run.uri_of("tokenizer.safetensors"))
         while self.step < steps:
             t0 = time.perf_counter()
             losses = self.train_step()

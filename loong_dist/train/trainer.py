@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ from loong_dist.models.ar.sizes import flops_per_token
 from loong_dist.models.losses import combine, frame_groups, frame_sums, group_counts, group_sums
 from loong_dist.parallel.engine import build_engine, build_model
 from loong_dist.parallel.process_groups import ParallelGroups
-from loong_dist.train.checkpoint_mirror import download_latest, download_tag, publish_latest, upload_tag
+from loong_dist.train.checkpoint_mirror import download_latest, fetch_tag, publish_checkpoint, resume_tag
 from loong_dist.train.telemetry import plot_frame_losses
 
 log = logging.getLogger(__name__)
@@ -140,16 +139,6 @@ def full_state_dict(engine, model: torch.nn.Module, groups: ParallelGroups) -> d
 class CheckpointWriteError(UserError):
     """A checkpoint could not be written (disk full, quota, a lost mount): one line, the last good
     checkpoint stays the one `latest` names."""
-
-
-def write_latest(ckpt_dir: Path, tag: str) -> None:
-    """Point DeepSpeed's `latest` file at `tag` atomically (temporary file, fsync, rename)."""
-    tmp = ckpt_dir / ".latest.tmp"
-    with open(tmp, "w") as f:
-        f.write(tag)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(ckpt_dir / "latest")
 
 
 class Trainer:
@@ -293,24 +282,11 @@ class Trainer:
                 f"checkpoint {tag}: writing {self.ckpt_dir / tag} failed ({e.strerror or e}); "
                 + (f"{latest} still names {kept}, which a restart resumes from" if kept else "no checkpoint was kept yet")
             ) from None
-        self._barrier()
-        if self.node_main:  # every node's own disk holds its ranks' files: each gets its pointer
-            write_latest(self.ckpt_dir, tag)
-        self._barrier()
-        uri = self.mirror
-        if uri:  # every node uploads what its ranks wrote; `latest` goes last, once all are up
-            if self.node_main:
-                upload_tag(self.storage, self.ckpt_dir, uri, tag)
-            self._barrier()
-            if self.is_main:
-                publish_latest(self.storage, uri, tag, self.cfg.train.keep_checkpoints)
-        if self.node_main:  # pruned on every node, not on rank 0's disk alone
-            tags = sorted(p.name for p in self.ckpt_dir.glob("step*") if p.is_dir())
-            for old in tags[:-self.cfg.train.keep_checkpoints]:
-                shutil.rmtree(self.ckpt_dir / old, ignore_errors=True)
+        publish_checkpoint(self.storage, self.ckpt_dir, self.mirror, tag, self.cfg.train.keep_checkpoints,
+                           self.is_main, self.node_main)
         if self.is_main:
             self._publish_telemetry()
-        log.info("checkpoint %s saved%s", tag, f" and mirrored to {uri}" if uri else "")
+        log.info("checkpoint %s saved%s", tag, f" and mirrored to {self.mirror}" if self.mirror else "")
 
     def _publish_telemetry(self) -> None:
         """metrics.jsonl and the TensorBoard events into the run folder (a no-op when it is local)."""
@@ -323,40 +299,14 @@ class Trainer:
         if dist.is_initialized():
             dist.barrier()
 
-    def _resume_tag(self) -> str | None:
-        """The checkpoint to continue from, decided on rank 0 and the same on every rank: the
-        mirror's latest (complete on every node's behalf) when there is a mirror, else the one
-        rank 0's disk names. Never read by each rank from its own disk, which on a cluster
-        without a shared filesystem differ."""
-        tag = None
-        if self.is_main:
-            local = self.ckpt_dir / "latest"
-            if self.mirror and self.storage.exists(join(self.mirror, "latest")):
-                tag = self.storage.read_text(join(self.mirror, "latest")).strip()
-            elif local.exists():
-                tag = local.read_text().strip()
-        if dist.is_initialized():
-            box = [tag]
-            dist.broadcast_object_list(box, src=0)
-            tag = box[0]
-        return tag
-
     def resume(self) -> bool:
-        """Load the latest checkpoint of the run (see `_resume_tag`); every node first makes sure
-        its disk holds that tag, from the mirror when it does not."""
-        tag = self._resume_tag()
+        """Load the latest checkpoint of the run, the same tag on every rank (`resume_tag`); every
+        node first makes sure its disk holds that tag, from the mirror when it does not."""
+        tag = resume_tag(self.storage, self.ckpt_dir, self.mirror, self.is_main)
         if tag is None:
             return False
-        missing = not (self.ckpt_dir / tag).is_dir()
-        if self.node_main and missing and self.mirror:
-            download_tag(self.storage, self.mirror, self.ckpt_dir, tag)
+        if fetch_tag(self.storage, self.ckpt_dir, self.mirror, tag, self.node_main):
             log.info("checkpoint %s downloaded from %s", tag, self.mirror)
-        elif self.node_main and missing:
-            raise CheckpointWriteError(f"checkpoint {tag}: rank 0 resumes from it, this node's {self.ckpt_dir} does "
-                                       f"not hold it, and there is no mirror (train.checkpoint_uri) to fetch it from")
-        if self.node_main:
-            write_latest(self.ckpt_dir, tag)
-        self._barrier()
         path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if path is None:
             return False

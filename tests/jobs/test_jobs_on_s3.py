@@ -1,0 +1,63 @@
+"""Every job with an output folder writes to s3:// when given it, and none writes a local folder
+named `s3:`: synthetic clips, generated videos, their evaluation, and a tokenizer run that a
+second "node" (another scratch disk) resumes from S3."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from loong_dist.data.manifest import read_manifest
+from tests.inference.test_generate_job import files  # noqa: F401  (a tiny model, tokenizers)
+from tests.jobs.test_tokenizer_jobs import TINY
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(module, *args, node):
+    env = dict(os.environ, LOONG_CACHE_DIR=str(node))  # each call a node with its own scratch disk
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _keys(storage, uri):
+    return sorted(u[len(uri) + 1:] for u in storage.list(uri))
+
+
+def test_synthetic_generate_evaluate_and_tokenizer_runs_on_s3(tmp_path, s3_bucket, s3_storage, files):  # noqa: F811
+    syn = f"{s3_bucket}/synthetic"
+    _run("data_prep.synthetic", "--out", syn, "--n", "6", "--frames", "1,5", "--size", "32",
+         "synthetic.held_out=0.5", node=tmp_path / "a")
+    keys = _keys(s3_storage, syn)
+    assert {"manifest.jsonl", "config.yaml", "preview.png"} <= set(keys)
+    assert [k for k in keys if k.startswith("videos/")] == [f"videos/syn-{i:06d}.mp4" for i in range(6)]
+    entries, bad = read_manifest(f"{syn}/manifest.jsonl", s3_storage)
+    assert not bad and entries[0].video == f"{syn}/videos/syn-000000.mp4"
+
+    gen = f"{s3_bucket}/gen/v.mp4"
+    _run("jobs.generate", "--checkpoint", str(files / "model.safetensors"), "--tokenizer", str(files / "tok.safetensors"),
+         "--text-tokenizer", str(files / "text.model"), "--prompts-file", f"{syn}/manifest.jsonl", "--out", gen,
+         "--seconds", "1", "data.size=32", "generate.window_latent_frames=3", "generate.overlap_latent_frames=1",
+         "generate.batch_size=6", node=tmp_path / "b")
+    assert {"v.json", "v_000.mp4", "v_005.gif", "v_005.png"} <= set(_keys(s3_storage, f"{s3_bucket}/gen"))
+    report = json.loads(s3_storage.read_text(f"{s3_bucket}/gen/v.json"))
+    assert report["videos"][0]["mp4"] == f"{s3_bucket}/gen/v_000.mp4"
+
+    _run("jobs.evaluate", "generation", "--videos", f"{s3_bucket}/gen/v.json", "--out", f"{s3_bucket}/ev",
+         "--window-s", "0.5", node=tmp_path / "c")
+    ev = json.loads(s3_storage.read_text(f"{s3_bucket}/ev/generation_eval.json"))
+    assert len(ev["per_video"]) == 6 and ev["alignment"]["videos"] == 6
+
+    tok = f"{s3_bucket}/tok"
+    common = ["--config", "configs/tokenizer/cpu.yaml", "--out", tok, "--manifest", f"{syn}/manifest.jsonl",
+              *[t for t in TINY if not t.startswith(("tokenizer_train.eval", "tokenizer_train.crop"))],
+              "tokenizer_train.eval_clips=0", "data.size=32", "tokenizer_train.crop=0"]
+    _run("jobs.train_tokenizer", *common, "optim.steps=2", node=tmp_path / "d")
+    again = _run("jobs.train_tokenizer", *common, "optim.steps=4", node=tmp_path / "e")  # a fresh node
+    assert "at step 2" in again.stderr
+    keys = _keys(s3_storage, tok)
+    assert {"config.yaml", "tokenizer.safetensors", "checkpoints/latest"} <= set(keys)
+    assert s3_storage.read_text(f"{tok}/checkpoints/latest").strip() == "step00000004"
+    assert not list(ROOT.glob("s3:*")) and not list(tmp_path.rglob("s3:*"))
