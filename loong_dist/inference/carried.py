@@ -52,7 +52,8 @@ def text_tokenizer(extra: dict, path: str, checkpoint: str, storage: Storage | N
 
 def video_tokenizer_path(extra: dict, path: str, checkpoint: str, storage: Storage | None = None) -> str:
     """The video tokenizer file to load: `path` (checked against the model's hash), or the one
-    the model names, found as recorded or relative to the project (the shipped tokenizer)."""
+    the model names, found by its hash where it was recorded or among the project's shipped
+    checkpoints (a model trained in another folder or on another machine)."""
     want = extra.get("tokenizer_sha256")
     if path:
         if want:
@@ -63,9 +64,11 @@ def video_tokenizer_path(extra: dict, path: str, checkpoint: str, storage: Stora
                                    f"{got[:12]}..., the model's is {want[:12]}...)")
         return path
     recorded = extra.get("tokenizer")
-    if not recorded or not want:
+    if not want:
         raise CarriedError(f"{checkpoint}: the model file names no video tokenizer; pass --tokenizer")
-    candidates = [Path(recorded)] if Path(recorded).is_absolute() else [Path(recorded), PROJECT_ROOT / recorded]
+    # Found by hash: where it was when the shards were made, else a tokenizer the project ships.
+    candidates = [Path(recorded), PROJECT_ROOT / recorded] if recorded and not is_s3(recorded) else []
+    candidates += sorted((PROJECT_ROOT / "checkpoints").glob("*/*.safetensors"))
     for candidate in candidates:
         if candidate.is_file() and sha256_of(candidate.read_bytes()) == want:
             return str(candidate)
