@@ -27,6 +27,13 @@ class StorageError(UserError):
     """A path or s3:// URI cannot be read or written."""
 
 
+class StorageUnavailable(StorageError):
+    """The store itself failed, after botocore's retries: the endpoint refused or dropped the
+    connection, timed out, answered 5xx or throttled. Unlike a missing object or a denied access,
+    this says nothing about the object asked for, so work that meets it is retried later, never
+    judged on it (data_prep.pretokenize fails the task and lets Ray retry it)."""
+
+
 class TextTokenizerError(UserError):
     """The text tokenizer cannot be trained or loaded."""
 

@@ -21,12 +21,21 @@ The driver keeps at most `max_in_flight` chunks and `max_shards_in_flight` shard
 memory is bounded by that backpressure, not by corpus size. Tasks have `max_retries` and the
 actors `max_restarts`/`max_task_retries`, so a killed worker is re-run; since a shard is
 rewritten whole from its own plan, every key lands exactly once. A re-run skips shards whose
-part file matches their fingerprint. rejects.jsonl, summary.json, then index.json (last,
-atomically) are written next to the shards.
+part file matches their fingerprint (which covers everything the shard's samples hold: keys,
+captions, text ids, manifest fields, tokenizers), so an edited manifest redoes exactly the shards
+it changes. rejects.jsonl, summary.json, then index.json (last, atomically) are written next to
+the shards.
+
+Only the videos are judged: a clip is rejected when its video is missing, undecodable or too
+short. A store that is down (`StorageUnavailable`: refused, dropped, 5xx, throttled past botocore's
+retries) says nothing about the video, and a reject would be final (the shard's part file makes a
+re-run skip it), so the decode or write task fails instead and Ray retries it (`max_retries`);
+past those the job stops with one line, no part file written for the shard, and a re-run resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -44,7 +53,7 @@ import numpy as np
 from loong_dist.config import Config, StorageConfig
 from loong_dist.data.manifest import BadLine, ManifestEntry
 from loong_dist.data.shards import Sample, ShardWriter, video_dtype, write_index
-from loong_dist.errors import UserError
+from loong_dist.errors import StorageError, StorageUnavailable, UserError
 from loong_dist.io.storage import Storage, join
 
 log = logging.getLogger("loong_dist")
@@ -53,8 +62,13 @@ PARTS = "_parts"
 SUMMARY_NAME = "summary.json"
 REJECTS_NAME = "rejects.jsonl"
 CRASH_ENV = "LOONG_PRETOKENIZE_CRASH_ONCE"
-"""Fault injection for tests: "DIR:stage[,stage]" (stages decode, encode, write) makes the first
-worker to reach each named stage exit hard, once (a marker file in DIR records it)."""
+"""Fault injection for tests: "DIR:point[,point]". A point is a stage (decode, encode, write): the
+first worker to reach it exits hard, once (DIR/crashed-<stage> records it); or "hold-<stage>": the
+first worker to reach it writes its pid into DIR/held-<stage> and waits there, once, for the test
+to kill it from outside - so the kill lands at a known point of the work, not at a moment."""
+TASK_RETRIES = 3
+"""Retries of a decode or write task (a dead worker, or a store that is down) before the job fails."""
+_HOLD_S = 600.0  # how long a held worker waits to be killed before it carries on (a test gone wrong)
 _SAMPLE_OVERHEAD = 4 * 512 + 3 * 128 + 512  # tar headers, npy headers, json metadata (bytes)
 
 
@@ -91,7 +105,8 @@ class ShardPlan:
     """shard-000000.tar: the position of the shard in the plan."""
     windows: tuple[WindowPlan, ...]
     fingerprint: str
-    """Hash of the shard's keys and of everything that changes its bytes."""
+    """Hash of everything that changes the shard's bytes: its keys, each window's line, caption,
+    text ids and manifest fields, the tokenizers and clip settings."""
 
     @property
     def num_clips(self) -> int:
@@ -144,8 +159,13 @@ def plan_shards(entries: list[ManifestEntry], bad_lines: list[BadLine], cfg: Con
     current_bytes, held_out = 0.0, 0
 
     def close():
-        keys = [c.key for w in current for c in w.clips]
-        fp = hashlib.sha1(json.dumps([keys, fingerprint_extra, cfg.text.max_text_tokens]).encode()).hexdigest()
+        # Everything `write_shard` puts into the samples: keys (video, start, frames), and per window
+        # its line, caption, text ids and manifest fields; the tokenizers, size and fps come in
+        # `fingerprint_extra`. A re-captioned or edited line changes the fingerprint of its shard.
+        content = [[w.line, w.video, w.caption, [int(t) for t in w.text], w.extra, [c.key for c in w.clips]]
+                   for w in current]
+        fp = hashlib.sha1(json.dumps([content, fingerprint_extra, cfg.text.max_text_tokens],
+                                     sort_keys=True).encode()).hexdigest()
         shards.append(ShardPlan(f"shard-{len(shards):06d}.tar", tuple(current), fp))
 
     for e in entries:
@@ -186,44 +206,68 @@ def chunks(shard: ShardPlan, size: int) -> list[tuple[WindowPlan, ...]]:
 
 
 def crash_once(stage: str, spec: str | None) -> None:
-    """Fault injection (see CRASH_ENV): exit this worker hard, the first time `stage` runs."""
+    """Fault injection (see CRASH_ENV): the first time `stage` runs, exit this worker hard, or
+    hold it until the test kills it."""
     if not spec:
         return
-    folder, _, stages = spec.rpartition(":")
-    if stage not in stages.split(","):
-        return
-    try:
-        os.close(os.open(os.path.join(folder, f"crashed-{stage}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    os._exit(1)
+    folder, _, points = spec.rpartition(":")
+    points = points.split(",")
+    if stage in points:
+        try:
+            os.close(os.open(os.path.join(folder, f"crashed-{stage}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass
+        else:
+            os._exit(1)
+    if f"hold-{stage}" in points:
+        # The marker appears whole (written aside, then linked in: exclusive), pid included.
+        tmp = os.path.join(folder, f".held-{stage}.{os.getpid()}")
+        with open(tmp, "w") as f:
+            f.write(str(os.getpid()))
+        try:
+            os.link(tmp, os.path.join(folder, f"held-{stage}"))
+        except FileExistsError:
+            return
+        finally:
+            os.unlink(tmp)
+        time.sleep(_HOLD_S)
 
 
 def decode_chunk(windows: tuple[WindowPlan, ...], fps: float, size: int, storage_cfg: StorageConfig,
                  crash: str | None = None) -> dict[str, Any]:
     """Read and cut the clips of some windows: {"clips": [(window, spec, uint8 (T, S, S, 3))],
-    "rejects": [...]}. A video that cannot be fetched or opened rejects its whole window; a
-    clip that does not fit rejects that clip."""
+    "rejects": [...]}. A video that is missing or cannot be opened rejects its whole window; a
+    clip that does not fit rejects that clip. A store that is down raises `StorageUnavailable`
+    (the task fails and is retried): that is no verdict on the video."""
     import av
 
     from loong_dist.io.video import probe_video, read_clip
     crash_once("decode", crash)
     storage = Storage(storage_cfg)
     out: dict[str, Any] = {"clips": [], "rejects": []}
-    bad = (UserError, av.error.FFmpegError, OSError, ValueError, EOFError)
+    bad_video = (UserError, av.error.FFmpegError, OSError, ValueError, EOFError)  # of a local file
     for w in windows:
         keys, lengths = [c.key for c in w.clips], [c.frames for c in w.clips]
-        try:
-            with storage.local_copy(w.video) as path:
+        with contextlib.ExitStack() as stack:
+            try:
+                path = stack.enter_context(storage.local_copy(w.video))
+            except StorageUnavailable:
+                raise
+            except StorageError as e:  # missing object or file, no such bucket, access denied
+                out["rejects"].append(reject(str(e), "decode", w.line, w.video, keys, lengths))
+                continue
+            # Other failures of the fetch (the node's own disk, a bug) fail the task as they are.
+            try:
                 probe_video(path, name=w.video)
-                for c in w.clips:
-                    try:
-                        clip = read_clip(path, c.start, c.frames, fps, size, name=w.video)
-                        out["clips"].append((w, c, clip))
-                    except bad as e:
-                        out["rejects"].append(reject(str(e), "decode", w.line, w.video, [c.key], [c.frames]))
-        except bad as e:
-            out["rejects"].append(reject(str(e), "decode", w.line, w.video, keys, lengths))
+            except bad_video as e:
+                out["rejects"].append(reject(str(e), "decode", w.line, w.video, keys, lengths))
+                continue
+            for c in w.clips:
+                try:
+                    clip = read_clip(path, c.start, c.frames, fps, size, name=w.video)
+                    out["clips"].append((w, c, clip))
+                except bad_video as e:
+                    out["rejects"].append(reject(str(e), "decode", w.line, w.video, [c.key], [c.frames]))
     return out
 
 
@@ -372,8 +416,11 @@ def _run(cfg: Config, todo: list[ShardPlan], tokenizer_bytes: bytes, codebook_si
         raise UserError(f"pretokenize: the Ray cluster has {resources.get('CPU', 0):g} CPUs; {n_enc} encoder(s) x "
                         f"{p.encoder_cpus:g} + one decode task x {p.decode_cpus:g} need more "
                         "(lower pretokenize.num_encoders or encoder_cpus)")
-    decode = ray.remote(num_cpus=p.decode_cpus, max_retries=3)(decode_chunk)
-    write = ray.remote(num_cpus=min(1.0, p.decode_cpus), max_retries=3)(write_shard)
+    # A store that is down fails a task like a dead worker does: Ray re-runs it (StorageUnavailable
+    # only; any other exception is a verdict or a bug, and a re-run would give the same).
+    retry = {"max_retries": TASK_RETRIES, "retry_exceptions": [StorageUnavailable]}
+    decode = ray.remote(num_cpus=p.decode_cpus, **retry)(decode_chunk)
+    write = ray.remote(num_cpus=min(1.0, p.decode_cpus), **retry)(write_shard)
     Encoder = ray.remote(num_cpus=0 if gpus else p.encoder_cpus, num_gpus=1 if gpus else 0,
                          max_restarts=p.encoder_restarts, max_task_retries=p.encoder_restarts)(ClipEncoder)
     tok_ref = ray.put(tokenizer_bytes)
@@ -423,6 +470,12 @@ def _run(cfg: Config, todo: list[ShardPlan], tokenizer_bytes: bytes, codebook_si
                 try:
                     part = ray.get(ref)
                 except ray.exceptions.RayTaskError as err:
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, StorageUnavailable):  # a read of the shard's or its write, past retries
+                        raise StorageUnavailable(
+                            f"pretokenize: shard {shard.name} not written, the store still failing after "
+                            f"{TASK_RETRIES} retries ({cause}); its clips are not rejected and complete shards "
+                            "are kept: run the same command again to resume") from None
                     # An input of the write failed: an encoder died past its restarts (or Ray gave up
                     # on it). The shard is the unit of retry: replace the dead encoders, redo it whole.
                     died = _replace_dead_encoders(refs, encoders, new_encoder)

@@ -11,6 +11,10 @@ an S3 object only appears when PutObject or the multipart upload completes, and 
 fails is aborted. Retries are botocore's own (`storage.retry_mode`, `storage.max_attempts`), and
 the endpoint comes from `storage.endpoint_url` or, when that is unset, from boto3's standard
 lookup (`AWS_ENDPOINT_URL`). Credentials are never put into messages.
+
+Failures are `StorageError`s; those of the store itself, still failing after botocore's retries
+(connection refused, dropped or timed out, 5xx, throttling), are `StorageUnavailable`: a caller
+can tell "this object is missing" (a fact about the object) from "S3 is down" (retry later).
 """
 
 from __future__ import annotations
@@ -27,10 +31,22 @@ from typing import BinaryIO
 import boto3
 import botocore.config
 import botocore.exceptions
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
 from loong_dist.config import StorageConfig
-from loong_dist.errors import StorageError
+from loong_dist.errors import StorageError, StorageUnavailable
+
+_UNAVAILABLE_CODES = frozenset({
+    "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeoutException",
+    "PriorRequestNotComplete", "Throttling", "ThrottlingException", "RequestThrottled", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "TooManyRequestsException"})
+"""S3 error codes of the store failing on its side, whatever the object (with any HTTP 5xx status:
+what botocore's standard retry mode retries as transient or throttled)."""
+_UNREACHABLE = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
+                botocore.exceptions.IncompleteReadError)
+"""botocore's failures to get an answer at all: connection refused, dropped or timed out (before
+or while the body streams), a body cut short."""
 
 
 def _read_umask() -> int:
@@ -124,23 +140,35 @@ class Storage:
         try:
             yield
         except botocore.exceptions.ClientError as e:
-            err = e.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("NoSuchBucket",):
-                raise StorageError(f"{uri}: bucket does not exist (at {self.endpoint})") from None
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise StorageError(f"{uri}: no such object") from None
-            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise StorageError(f"{uri}: access denied ({code}) while trying to {action}") from None
-            raise StorageError(f"{uri}: {action} failed: {code or status} {err.get('Message', '')}".rstrip()) from None
+            raise self._client_error(e, uri, action) from None
+        except S3UploadFailedError as e:  # boto3's upload_file wraps the ClientError it met
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, botocore.exceptions.ClientError):
+                raise self._client_error(cause, uri, action) from None
+            raise StorageError(f"{uri}: {action} failed: {e}") from None
         except botocore.exceptions.NoCredentialsError:
             raise StorageError(f"{uri}: no S3 credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                                "or a profile)") from None
-        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
-                botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError) as e:
-            raise StorageError(f"{uri}: cannot reach the S3 endpoint {self.endpoint} to {action} "
-                               f"({type(e).__name__}, after {self.cfg.max_attempts} attempts)") from None
+        except _UNREACHABLE as e:
+            raise StorageUnavailable(f"{uri}: cannot reach the S3 endpoint {self.endpoint} to {action} "
+                                     f"({type(e).__name__}, after {self.cfg.max_attempts} attempts)") from None
+
+    def _client_error(self, e: botocore.exceptions.ClientError, uri: str, action: str) -> StorageError:
+        """The one-line error for an S3 error answer: about the object (missing, denied) or about
+        the store (5xx, throttling: StorageUnavailable)."""
+        err = e.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if code in ("NoSuchBucket",):
+            return StorageError(f"{uri}: bucket does not exist (at {self.endpoint})")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return StorageError(f"{uri}: no such object")
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return StorageError(f"{uri}: access denied ({code}) while trying to {action}")
+        if code in _UNAVAILABLE_CODES or status >= 500:
+            return StorageUnavailable(f"{uri}: the S3 endpoint {self.endpoint} failed to {action}: {code or status} "
+                                      f"(after {self.cfg.max_attempts} attempts)")
+        return StorageError(f"{uri}: {action} failed: {code or status} {err.get('Message', '')}".rstrip())
 
     # -- the interface ----------------------------------------------------------------------------
 
@@ -228,12 +256,12 @@ class Storage:
                 yield f
             return
         url = S3Url.parse(uri)
-        with self._s3_errors(uri, "read"):
+        with self._s3_errors(uri, "read"):  # the reads too: a connection may drop mid-body
             body = self.client.get_object(Bucket=url.bucket, Key=url.key)["Body"]
-        try:
-            yield body
-        finally:
-            body.close()
+            try:
+                yield body
+            finally:
+                body.close()
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         with self.open_write(uri) as f:

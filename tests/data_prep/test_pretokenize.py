@@ -1,15 +1,16 @@
 """data_prep.pretokenize: shards plain webdataset reads, an index whose totals add up, ids equal to a
-direct tokenizer call, rejects with reasons, resume without re-encoding, S3 in and out with killed
-workers (every key exactly once), one-line errors before any work, and `ray job submit` against a
-`ray start --head` cluster on 127.0.0.1."""
+direct tokenizer call, rejects with reasons, resume without re-encoding (and a re-captioned manifest
+redoing exactly the shard it changes), S3 in and out with killed workers (every key exactly once),
+one-line errors before any work, and `ray job submit` against a `ray start --head` cluster on
+127.0.0.1."""
 
+import dataclasses
 import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 import webdataset as wds
 
 import data_prep.pretokenize as job
+import loong_dist.data.pretokenize as pretokenize
 from loong_dist.config import load_config
 from loong_dist.data.manifest import read_manifest, write_manifest
 from loong_dist.data.pretokenize import CRASH_ENV, clip_key, plan_shards
@@ -65,7 +67,11 @@ def _tar_keys(data: bytes) -> list[str]:
         return [m.name.split(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".json")]
 
 
-def test_local_run_rejects_index_ids_and_resume(assets, tmp_path, capsys):
+def _no_ray(*_):
+    raise AssertionError("the job started Ray")
+
+
+def test_local_run_rejects_index_ids_and_resume(assets, tmp_path, capsys, monkeypatch):
     manifest, out = _bad_manifest(assets, tmp_path / "in"), tmp_path / "out"
     assert job.main(_args(assets, manifest, out, "pretokenize.bf16=false")) == 0
     assert "9 rejects" not in capsys.readouterr().out
@@ -102,12 +108,14 @@ def test_local_run_rejects_index_ids_and_resume(assets, tmp_path, capsys):
     assert np.array_equal(ShardReader(index).read(ref).video, same["video.npy"])
 
     # A re-run skips every complete shard (no Ray, no encoding); the tars stay as they were.
-    mtimes = [p.stat().st_mtime_ns for p in shards]
-    t0 = time.time()
-    assert job.main(_args(assets, manifest, out, "pretokenize.bf16=false")) == 0
+    mtimes = [p.stat().st_mtime_ns for p in shards + sorted((out / "_parts").iterdir())]
+    with monkeypatch.context() as m:
+        m.setattr(pretokenize, "init_ray", _no_ray)
+        assert job.main(_args(assets, manifest, out, "pretokenize.bf16=false")) == 0
     again = json.loads((out / "summary.json").read_text())
     assert (again["shards_skipped"], again["clips_encoded"], again["clips"]) == (len(shards), 0, 11)
-    assert [p.stat().st_mtime_ns for p in shards] == mtimes and time.time() - t0 < 10
+    assert again["pipeline_s"] == 0 and again["rejects"] == summary["rejects"]
+    assert [p.stat().st_mtime_ns for p in shards + sorted((out / "_parts").iterdir())] == mtimes
     # A lost shard alone is redone.
     shards[1].unlink()
     assert job.main(_args(assets, manifest, out, "pretokenize.bf16=false")) == 0
@@ -136,6 +144,72 @@ def test_plan_is_deterministic_and_packs_by_size(assets):
     assert {w.text for s in full for w in s.windows} == {(1, 2, 3)}
     assert {w.text for s in short for w in s.windows} == {(1, 2)}  # captions cut to text.max_text_tokens
     assert [s.fingerprint for s in short] != [s.fingerprint for s in full]  # old shards are redone
+
+    # What a sample carries besides its ids changes its shard's fingerprint, and only that one's:
+    # the caption, the text ids (another text tokenizer), a manifest field written into its json.
+    def plan_of(edited, text_encode=lambda c: [1, 2, 3]):
+        return plan_shards(edited, bad, cfg, text_encode, lambda t: tok.latent_shape(t, 32, 32), tok.codebook_size,
+                           "x")[0]
+
+    def edit(**change):
+        return [dataclasses.replace(e, **change) if i == 3 else e for i, e in enumerate(entries)]
+
+    base = plan_of(entries)
+    at = next(i for i, s in enumerate(base) if any(w.line == entries[3].line for w in s.windows))
+    for edited in (plan_of(edit(caption="a new caption")), plan_of(edit(extra={**entries[3].extra, "source": "x"}))):
+        assert [i for i, (x, y) in enumerate(zip(base, edited)) if x.fingerprint != y.fingerprint] == [at]
+    assert all(x.fingerprint != y.fingerprint for x, y in zip(base, plan_of(entries, lambda c: [1, 2, 4])))
+
+
+def _tar_samples(path: Path) -> dict[str, dict]:
+    """key -> {"caption": str, "json": dict, "text": ids} of one shard."""
+    out: dict[str, dict] = {}
+    with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+            key, suffix = m.name.split(".", 1)
+            data = tar.extractfile(m).read()
+            if suffix == "caption.txt":
+                out.setdefault(key, {})["caption"] = data.decode()
+            elif suffix == "json":
+                out.setdefault(key, {})["json"] = json.loads(data)
+            elif suffix == "text.npy":
+                out.setdefault(key, {})["text"] = np.load(io.BytesIO(data)).tolist()
+    return out
+
+
+def test_recaptioned_manifest_rewrites_exactly_its_shard(assets, tmp_path):
+    """The same manifest with one caption changed, run again into the same folder: the shard that
+    holds that line is written again with the new caption and its text ids; every other shard (tar
+    and part file) is skipped, its bytes and mtime unchanged."""
+    lines = [json.loads(x) for x in (assets / "syn" / "manifest.jsonl").read_text().splitlines()[:4]]
+    for x in lines:
+        x["video"] = str(assets / "syn" / x["video"])
+    manifest, out = tmp_path / "manifest.jsonl", tmp_path / "out"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert job.main(_args(assets, manifest, out, "pretokenize.bf16=false")) == 0
+    files = sorted(out.glob("shard-*.tar")) + sorted((out / "_parts").iterdir())
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+    holds = [p.name for p in sorted(out.glob("shard-*.tar"))
+             if any(x["json"]["line"] == 4 for x in _tar_samples(p).values())]
+    assert len(holds) == 1 and len(before) >= 4, (holds, list(before))
+    redone = len(_tar_samples(out / holds[0]))
+
+    new = "a tiny purple hexagon drifting in circles"
+    assert new != lines[3]["caption"]
+    lines[3]["caption"] = new
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert job.main(_args(assets, manifest, out, "pretokenize.bf16=false")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["shards_skipped"], summary["clips_encoded"], summary["clips"]) == (len(files) // 2 - 1, redone, 8)
+    changed = sorted(p.name for p in files if (p.stat().st_mtime_ns, p.read_bytes()) != before[p.name])
+    assert changed == [holds[0], holds[0] + ".json"]
+    text = TextTokenizer.load(str(assets / "text.model"))
+    for key, x in _tar_samples(out / holds[0]).items():
+        if x["json"]["line"] == 4:
+            assert x["caption"] == new and x["text"] == text.encode(new)
+            assert key == clip_key(lines[3]["video"], 0.0, x["json"]["frames"])
+        else:
+            assert x["caption"] == lines[x["json"]["line"] - 1]["caption"]
 
 
 def test_s3_in_and_out_with_killed_workers(assets, tmp_path, s3_bucket, s3_storage, monkeypatch):
@@ -191,6 +265,8 @@ def _run_cli(*args, env=None, timeout=120):
 
 
 def test_wrong_tokenizer_and_unreachable_bucket_fail_fast(assets, tmp_path, s3_env):
+    """Each fails with one line, before any work: no Ray started (it would make a session folder
+    under RAY_TMPDIR), nothing written."""
     manifest = assets / "syn" / "manifest.jsonl"
     runs = {
         "tokenizer": (_args(assets, manifest, tmp_path / "o1")[:2] + ["--tokenizer", str(tmp_path / "nope.safetensors")]
@@ -199,13 +275,14 @@ def test_wrong_tokenizer_and_unreachable_bucket_fail_fast(assets, tmp_path, s3_e
         "endpoint": (_args(assets, manifest, "s3://loong-unreachable/out", "storage.endpoint_url=http://127.0.0.1:9",
                            "storage.max_attempts=1", "storage.connect_timeout_s=1"), "cannot reach"),
     }
+    ray_tmp = tmp_path / "rt"
+    ray_tmp.mkdir()
     for name, (args, needle) in runs.items():
-        t0 = time.time()
-        r = _run_cli(*args)
+        r = _run_cli(*args, env=dict(os.environ, RAY_TMPDIR=str(ray_tmp)))
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2, (name, r.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (name, r.stderr)
-        assert time.time() - t0 < 30 and not (tmp_path / "o1").exists()
+        assert list(ray_tmp.iterdir()) == [] and not (tmp_path / "o1").exists(), name
 
 
 def test_real_sample_clips(assets, sample_videos, tmp_path):

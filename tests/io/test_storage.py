@@ -3,8 +3,9 @@
 import pytest
 
 from loong_dist.config import StorageConfig
-from loong_dist.errors import StorageError
+from loong_dist.errors import StorageError, StorageUnavailable
 from loong_dist.io.storage import S3Url, Storage, join, parent
+from tests.fixtures.fault_proxy import FaultProxy
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -77,6 +78,34 @@ def test_bad_bucket_and_unreachable_endpoint(s3_storage, s3_env, monkeypatch):
     message = str(e.value)
     assert "cannot reach the S3 endpoint http://127.0.0.1:9" in message and "\n" not in message
     assert "AKIA" not in message and "secret" not in message.lower()
+
+
+def test_store_down_is_told_apart_from_a_missing_object(s3_env, s3_bucket, tmp_path):
+    """S3 refusing, dropping or failing requests (5xx, throttling) raises StorageUnavailable - retry
+    later, nothing is known of the object - on every kind of call, uploads included; a missing object
+    is a plain StorageError, a fact about the object."""
+    Storage().write_bytes(f"{s3_bucket}/a.bin", b"payload")
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"new")
+    for fault in ("drop", "500", "503"):
+        proxy = FaultProxy(s3_env, rate=1.0, faults=(fault,)).start()
+        store = Storage(StorageConfig(endpoint_url=proxy.url, max_attempts=1))
+        calls = {"read": lambda: store.read_bytes(f"{s3_bucket}/a.bin"),
+                 "exists": lambda: store.exists(f"{s3_bucket}/a.bin"),
+                 "download": lambda: store.download_file(f"{s3_bucket}/a.bin", tmp_path / "a.bin"),
+                 "write": lambda: store.write_bytes(f"{s3_bucket}/b.bin", b"new"),
+                 "upload": lambda: store.upload_file(src, f"{s3_bucket}/b.bin"),
+                 "list": lambda: store.list(f"{s3_bucket}/")}
+        try:
+            for name, call in calls.items():
+                with pytest.raises(StorageUnavailable) as e:
+                    call()
+                assert "\n" not in str(e.value) and s3_bucket in str(e.value), (fault, name, str(e.value))
+        finally:
+            proxy.stop()
+    with pytest.raises(StorageError, match="no such object") as e:
+        Storage(StorageConfig(max_attempts=1)).read_bytes(f"{s3_bucket}/missing.bin")
+    assert not isinstance(e.value, StorageUnavailable)
 
 
 def test_paths():

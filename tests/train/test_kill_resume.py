@@ -1,7 +1,11 @@
 """A training job killed with SIGKILL after a checkpoint and started again with the same command
 logs the same losses as a run that was never interrupted, and ends with the same weights (CPU).
 The killed run mirrors its checkpoints to S3 (a local moto server) and the restart finds no local
-checkpoint - as on a fresh node - so it resumes from the mirror."""
+checkpoint - as on a fresh node - so it resumes from the mirror.
+
+The kill lands at a named point, not at a moment: tests/train/kill_point/sitecustomize.py (on
+PYTHONPATH, no change to the trainer) holds the job right after it logs step SAVE_EVERY + 2, and
+the test kills its process group when the hook's marker appears."""
 
 import json
 import os
@@ -19,7 +23,10 @@ from loong_dist.models.ar.checkpoint import load_model
 from tests.data.test_shards_and_loader import make_samples, write_shards
 
 ROOT = Path(__file__).resolve().parents[2]
+HOOK = Path(__file__).resolve().parent / "kill_point"
 STEPS, SAVE_EVERY = 24, 5
+KILL_AFTER = SAVE_EVERY + 2
+"""The step after whose metrics line the job is killed: past a checkpoint, with steps to train again."""
 
 
 def _command(shards, out, *extra):
@@ -46,19 +53,28 @@ def test_sigkill_then_same_command_reproduces_losses(tmp_path, s3_bucket):
     # the run under test: killed (the whole process group, as a lost node) once it has a checkpoint
     # and has logged steps past it, which the restart must train again
     command = _command(shards, str(run), f"train.checkpoint_uri={s3_bucket}/ckpt")
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    mirror, deadline = Storage(), time.monotonic() + 600
+    marker = tmp_path / "held"
+    hold = dict(env, LOONG_TEST_HOLD_AFTER_STEP=f"{KILL_AFTER}:{marker}",
+                PYTHONPATH=os.pathsep.join([str(HOOK), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    log = tmp_path / "killed.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(command, cwd=ROOT, env=hold, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+    deadline = time.monotonic() + 600  # a safety net only: the kill waits for the marker, not a time
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(_lines(run / "metrics.jsonl")) >= SAVE_EVERY + 2 and mirror.exists(f"{s3_bucket}/ckpt/latest"):
-                break
-            time.sleep(0.05)
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the job never reached the kill point"
+            try:
+                proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                continue
+            raise AssertionError(f"the job ended before the kill point: {log.read_text()[-3000:]}")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    killed_at = len(_lines(run / "metrics.jsonl"))
-    assert SAVE_EVERY < killed_at < STEPS and not (run / "model.safetensors").exists(), "not killed mid-run"
+    assert [r["step"] for r in _lines(run / "metrics.jsonl")] == list(range(1, KILL_AFTER + 1))
+    assert Storage().read_text(f"{s3_bucket}/ckpt/latest").strip() == f"step{SAVE_EVERY:08d}"
+    assert not (run / "model.safetensors").exists()
 
     shutil.rmtree(run / "checkpoints")  # the restart finds only the S3 mirror
     restart = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600)

@@ -1,13 +1,18 @@
 """The AR transformer: causality, a naive reference for attention, parameter counts, checkpointing."""
 
+import dataclasses
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from loong_dist.config import ModelConfig
+from loong_dist.models.ar import checkpoint
+from loong_dist.models.ar.checkpoint import FORMAT, ModelFileError, load_model
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
 from loong_dist.models.ar.model import (SwiGLU, Transformer, apply_rope, blocked_causal_attention, fuse_qkv, rope_table,
                                         split_qkv)
@@ -218,27 +223,112 @@ def test_too_long_sequence(model):
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
-def test_export_with_unfused_projections_loads_to_the_same_model(model, tmp_path):
-    # Files exported before the projections were fused (wq, wk, wv; w_gate, w_up) still load.
-    from loong_dist.models.ar.checkpoint import ModelFileError, load_model, save_model
+def _per_head_weights(cfg: ModelConfig, vocab: int, seed: int) -> dict:
+    """Random float32 weights of a pre-fusion model, one tensor per attention head: q[j] (d, h) for
+    query head j, k[g] and v[g] for key/value head g; the MLP's gate and up apart."""
+    gen = torch.Generator().manual_seed(seed)
+    h, d, f = cfg.dim, cfg.head_dim, cfg.ffn_dim
 
+    def rand(*shape, std=0.15):
+        return torch.randn(*shape, generator=gen) * std
+
+    blocks = [{"q": [rand(d, h) for _ in range(cfg.n_heads)], "k": [rand(d, h) for _ in range(cfg.n_kv_heads)],
+               "v": [rand(d, h) for _ in range(cfg.n_kv_heads)], "wo": rand(h, cfg.n_heads * d),
+               "gate": rand(f, h), "up": rand(f, h), "down": rand(h, f),
+               "attention_norm": 1 + rand(h, std=0.3), "ffn_norm": 1 + rand(h, std=0.3)}
+              for _ in range(cfg.n_layers)]
+    return {"embed": rand(vocab, h, std=1.0), "blocks": blocks, "norm": 1 + rand(h, std=0.3),
+            "lm_head": rand(vocab, h)}
+
+
+def _float64(w):
+    if torch.is_tensor(w):
+        return w.double()
+    return {k: _float64(v) for k, v in w.items()} if isinstance(w, dict) else [_float64(v) for v in w]
+
+
+def _reference_logits(w: dict, cfg: ModelConfig, tokens: torch.Tensor) -> torch.Tensor:
+    """The Llama forward written out head by head, in float64, sharing no code with the model:
+    RMSNorm, rotary positions on (i, i + d/2) pairs, causal softmax attention where query head j
+    reads key/value head j // (n/k), SwiGLU. tokens (b, s) -> logits (b, s, v)."""
+    w = _float64(w)
+    d, s = cfg.head_dim, tokens.shape[1]
+    inv_freq = cfg.rope_theta ** -(torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
+    angle = torch.arange(s, dtype=torch.float64)[:, None] * inv_freq  # (s, d/2)
+    cos, sin = angle.cos(), angle.sin()
+    future = torch.ones(s, s, dtype=torch.bool).triu(1)
+
+    def rms(x, weight):
+        return x / (x.pow(2).mean(-1, keepdim=True) + cfg.norm_eps).sqrt() * weight
+
+    def rotate(x):  # (b, s, d)
+        x1, x2 = x[..., :d // 2], x[..., d // 2:]
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+    x = w["embed"][tokens]  # (b, s, h)
+    for blk in w["blocks"]:
+        a = rms(x, blk["attention_norm"])
+        heads = []
+        for j, wq in enumerate(blk["q"]):
+            g = j // (cfg.n_heads // cfg.n_kv_heads)
+            q, k, v = rotate(a @ wq.T), rotate(a @ blk["k"][g].T), a @ blk["v"][g].T  # (b, s, d)
+            scores = (q @ k.transpose(1, 2) / math.sqrt(d)).masked_fill(future, float("-inf"))  # (b, s, s)
+            heads.append(scores.softmax(-1) @ v)
+        x = x + torch.cat(heads, dim=-1) @ blk["wo"].T  # heads side by side: (b, s, n*d)
+        m = rms(x, blk["ffn_norm"])
+        x = x + (F.silu(m @ blk["gate"].T) * (m @ blk["up"].T)) @ blk["down"].T
+    return rms(x, w["norm"]) @ w["lm_head"].T
+
+
+def _unfused_tensors(w: dict) -> dict[str, torch.Tensor]:
+    """The state dict of an export from before the fusion: wq, wk, wv (heads stacked in order, d
+    rows each) and w_gate, w_up per block."""
+    tensors = {"embed.weight": w["embed"], "norm.weight": w["norm"], "lm_head.weight": w["lm_head"]}
+    for i, blk in enumerate(w["blocks"]):
+        at = f"blocks.{i}."
+        tensors.update({
+            at + "attention.wq.weight": torch.cat(blk["q"]), at + "attention.wk.weight": torch.cat(blk["k"]),
+            at + "attention.wv.weight": torch.cat(blk["v"]), at + "attention.wo.weight": blk["wo"],
+            at + "ffn.w_gate.weight": blk["gate"], at + "ffn.w_up.weight": blk["up"],
+            at + "ffn.w_down.weight": blk["down"], at + "attention_norm.weight": blk["attention_norm"],
+            at + "ffn_norm.weight": blk["ffn_norm"]})
+    return tensors
+
+
+def _write_model_file(tensors: dict, cfg: ModelConfig, layout: VocabLayout, path) -> None:
+    """A model file written with safetensors itself: the tensors, and the metadata of the format."""
+    meta = {"format": FORMAT, "model": json.dumps(dataclasses.asdict(cfg)),
+            "layout": json.dumps(dataclasses.asdict(layout)), "extra": "{}"}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
+
+
+def test_export_with_unfused_projections_loads_to_the_same_model(tmp_path, monkeypatch):
+    """Files exported before the projections were fused (wq, wk, wv; w_gate, w_up), written here
+    from per-head weights, still load - to the model that a head-by-head forward of the same
+    weights computes. A head that fuse_qkv puts in the wrong place changes the logits: a fuse that
+    stacks q, k, v plainly is caught."""
+    cfg = ModelConfig(size="tiny", max_seq_len=64)
     layout = VocabLayout(text_vocab_size=300, codebook_size=64, vocab_multiple=128)
-    old = {}
-    for key, w in model.state_dict().items():
-        if key.endswith("wqkv.weight"):
-            for name, part in zip(("wq", "wk", "wv"), split_qkv(w, n_heads=4, n_kv_heads=2)):
-                old[key.replace("wqkv", name)] = part
-        elif key.endswith("w_gate_up.weight"):
-            gate, up = w.chunk(2)
-            old[key.replace("w_gate_up", "w_gate")], old[key.replace("w_gate_up", "w_up")] = gate, up
-        else:
-            old[key] = w
-    loaded, _ = load_model(save_model(old, model.cfg, layout, tmp_path / "old.safetensors"))
-    tokens = torch.randint(0, 384, (2, 9))
-    torch.testing.assert_close(loaded(tokens), model.eval()(tokens), rtol=0, atol=0)
-    del old["blocks.1.attention.wk.weight"]
+    w = _per_head_weights(cfg, layout.padded_vocab_size, seed=0)
+    _write_model_file(_unfused_tensors(w), cfg, layout, tmp_path / "old.safetensors")
+    tokens = torch.randint(0, layout.padded_vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    want = _reference_logits(w, cfg, tokens)
+    with torch.no_grad():
+        got = load_model(tmp_path / "old.safetensors")[0](tokens).double()
+    assert want.std() > 0.5  # logits far from constant: a misplaced head shows
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "fuse_qkv", lambda wq, wk, wv, n_kv_heads: torch.cat([wq, wk, wv]))
+        with torch.no_grad():
+            wrong = load_model(tmp_path / "old.safetensors")[0](tokens).double()
+    assert (wrong - want).abs().max() > 100 * (got - want).abs().max()
+
+    broken = _unfused_tensors(w)
+    del broken["blocks.1.attention.wk.weight"]
+    _write_model_file(broken, cfg, layout, tmp_path / "broken.safetensors")
     with pytest.raises(ModelFileError, match="blocks.1.attention.wk.weight"):
-        load_model(save_model(old, model.cfg, layout, tmp_path / "broken.safetensors"))
+        load_model(tmp_path / "broken.safetensors")
 
 
 def test_rotary_tables_stay_float32_when_the_weights_go_bf16():
