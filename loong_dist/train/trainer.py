@@ -3,9 +3,10 @@
 Each optimizer step takes `optim.grad_accum_steps` micro-batches from the loader; the loss of a
 micro-batch is `loss.mode`: the plain mean over its video tokens, or Loong's weighted mean of
 latent-frame group means (loong_dist/models/losses.py). Either way the means are over the tokens
-of the global batch: token counts are summed over the data-parallel ranks, each rank's loss is
-its share times dp_size, and DeepSpeed's gradient average over the ranks then gives the gradient
-of the global loss.
+of the global batch, every micro-batch of the step on every data-parallel rank: token counts are
+summed over all of them before the first backward, each micro-batch's loss is its share of the
+global loss times dp_size x grad_accum_steps, and DeepSpeed's division by the accumulation steps
+and gradient average over the ranks then give the gradient of the global loss (`train_step`).
 
 A checkpoint is DeepSpeed's (model, optimizer, scheduler, ZeRO shards) plus, as client state,
 the step, the loader position and the RNG states, so a run started again with the same command
@@ -361,37 +362,39 @@ class Trainer:
         return t
 
     def train_step(self) -> StepStats:
+        """One optimizer step over `optim.grad_accum_steps` micro-batches on every data-parallel rank.
+
+        The loss is that of the whole global batch: the token counts of each loss group are summed
+        over every micro-batch of the step on every rank before any backward, and each micro-batch
+        contributes its group sums over those counts. DeepSpeed divides each micro-batch's loss by
+        the accumulation steps and averages the gradients over the ranks, so each loss is scaled by
+        both first: the step's gradient is then exactly that of the global weighted mean, whatever
+        mix of buckets (an image micro-batch beside a clip one) the step holds."""
         start = time.perf_counter()
-        losses, plain, tokens = [], [], 0
-        n = len(self.weights)
+        gas, dp, n = self.cfg.optim.grad_accum_steps, self.groups.dp_size, len(self.weights)
+        batches = [{k: v.to(self.groups.device) for k, v in next(self.loader).items()} for _ in range(gas)]
+        groups = [frame_groups(b["frame"], self.boundaries) for b in batches]  # (b, s) each, -1 where ignored
+        counts = self._dp_sum(sum(group_counts(g, n) for g in groups))  # (g,) over the global batch
+        # loss value, plain token sum, valid targets, input tokens: summed over micro-batches then ranks
+        totals = torch.zeros(4, dtype=torch.float64, device=self.groups.device)
         # loss sums, token counts per latent frame: (2, n_frames)
         frames = torch.zeros(2, self.n_frames, dtype=torch.float64, device=self.groups.device)
-        for _ in range(self.cfg.optim.grad_accum_steps):
-            batch = {k: v.to(self.groups.device) for k, v in next(self.loader).items()}
+        for batch, group in zip(batches, groups):
             per_token = self.engine(batch["tokens"], batch["targets"])  # (b, s), 0 where ignored
-            group = frame_groups(batch["frame"], self.boundaries)  # (b, s), -1 where ignored
-            # Token counts of the global batch, so each group mean is over all data-parallel ranks.
-            counts = self._dp_sum(group_counts(group, n))
-            loss = combine(group_sums(per_token, group, n), counts, self.weights) * self.groups.dp_size
-            self.engine.backward(loss)
+            share = combine(group_sums(per_token, group, n), counts, self.weights)  # this micro-batch's part
+            self.engine.backward(share * dp * gas)
             self.engine.step()
-            losses.append(loss.detach())
-            valid = (batch["targets"] != IGNORE).sum().clamp(min=1)
-            plain.append(per_token.detach().sum() / valid)
+            totals += torch.stack([share.detach().double(), per_token.detach().sum().double(),
+                                   (batch["targets"] != IGNORE).sum().double(),
+                                   (batch["tokens"] != self.layout.pad_id).sum().double()])
             sums, cnt = frame_sums(per_token, batch["frame"], self.n_frames)
             frames += torch.stack([sums, cnt])
-            tokens += int((batch["tokens"] != self.layout.pad_id).sum())
-        loss, plain_loss = torch.stack(losses).mean(), torch.stack(plain).mean()
-        if dist.is_initialized():  # the mean over data-parallel ranks, for logging
-            both = self._dp_sum(torch.stack([loss, plain_loss]).float()) / self.groups.dp_size
-            loss, plain_loss = both[0], both[1]
-            frames = self._dp_sum(frames)
-            t = self._dp_sum(torch.tensor(tokens, device=loss.device))
-            tokens = int(t)
+        totals, frames = self._dp_sum(totals), self._dp_sum(frames)
+        loss, plain_loss = float(totals[0]), float(totals[1] / totals[2].clamp(min=1))
         per_frame = [float(s / c) if c > 0 else None for s, c in zip(frames[0].tolist(), frames[1].tolist())]
         self.step += 1
-        return StepStats(self.step, float(loss), float(self.engine.get_lr()[0]), tokens, time.perf_counter() - start,
-                         per_frame, float(plain_loss))
+        return StepStats(self.step, loss, float(self.engine.get_lr()[0]), int(totals[3]), time.perf_counter() - start,
+                         per_frame, plain_loss)
 
     def _log_metrics(self, stats: StepStats, metrics: Path) -> None:
         with open(metrics, "a") as f:
