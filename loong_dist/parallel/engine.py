@@ -92,10 +92,9 @@ def deepspeed_config(cfg: Config, groups: ParallelGroups) -> dict:
         "gradient_accumulation_steps": o.grad_accum_steps,
         "train_batch_size": o.micro_batch_size * o.grad_accum_steps * groups.dp_size,
         "gradient_clipping": o.grad_clip,
-        "zero_optimization": {"stage": p.zero_stage},
         "bf16": {"enabled": bf16},
-        **({"data_types": {"grad_accum_dtype": "fp32"}, "communication_data_type": "fp32"}
-           if fp32_grad_accumulation(cfg, bf16) else {}),
+        "zero_optimization": {"stage": p.zero_stage},
+        **fp32_gradients(cfg, bf16),
         "optimizer": {"type": "AdamW", "params": optimizer_params(cfg, groups.device)},
         **({} if o.decay_steps else {"scheduler": {"type": "WarmupCosineLR", "params": {
             # DeepSpeed refuses 0 warm-up steps: no warm-up is one step that starts at the peak.
@@ -130,19 +129,30 @@ def lr_scheduler(cfg: Config):
     return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(wsd_factor, cfg=o))
 
 
-def fp32_grad_accumulation(cfg: Config, bf16: bool) -> bool:
-    """Whether bf16 gradients are summed over micro-batches and reduced over data-parallel ranks
-    in float32 (DeepSpeed's `data_types.grad_accum_dtype` and `communication_data_type`): with
-    bf16, ZeRO stage 1 and more than one micro-batch a step.
+def fp32_gradients(cfg: Config, bf16: bool) -> dict:
+    """DeepSpeed settings that keep bf16 gradients in float32 from backward to the optimizer:
+    summed over micro-batches and reduced over the data-parallel ranks in float32, as Megatron-LM
+    does for bf16 (`accumulate_allreduce_grads_in_fp32`).
 
-    DeepSpeed's default sums them in bf16, rounding to 8 significant bits at every micro-batch.
-    With float32 accumulation at stage 1 DeepSpeed runs its BF16_Optimizer: each gradient is added
-    into a float32 buffer as backward produces it and reduced in float32, as Megatron-LM does for
-    bf16 (`accumulate_allreduce_grads_in_fp32`). That costs about a tenth of a 125m CPU step
-    (per-parameter casts and adds) and twice the gradient traffic, so one micro-batch a step keeps
-    the bf16 path, where there is nothing to sum on a rank. DeepSpeed 0.19 refuses the setting at
-    stage 0; stages 2 and 3 keep their own gradient partitions and are left as DeepSpeed has them."""
-    return bf16 and cfg.parallel.zero_stage == 1 and cfg.optim.grad_accum_steps > 1
+    DeepSpeed's default sums and reduces them in bf16, rounding every partial sum to 8 significant
+    bits: after 8 micro-batches the gradient was off by 2e-3..9e-3 of its largest entry, and over
+    three ranks by several bf16 steps (tests). With `data_types.grad_accum_dtype=fp32` ZeRO-1 runs
+    DeepSpeed's BF16_Optimizer and ZeRO-2/3 keep float32 gradient partitions, each reduced in
+    float32 (`communication_data_type`). ZeRO-2's reduce-scatter path still summed in bf16 (off
+    by 5e-3 over three ranks), so stage 2 reduces with all-reduce instead (`reduce_scatter:
+    false`): twice the gradient traffic of a reduce-scatter, on top of float32's doubling - the
+    price of exact gradients on a cluster; stage 1 costs the same. DeepSpeed has no float32
+    gradients at stage 0 with bf16 weights (an unsupported mix): there the reduction runs in
+    float32 and the result is rounded once to bf16. On one CPU rank the casts cost about a tenth
+    of a 125m step."""
+    if not bf16:
+        return {}
+    if cfg.parallel.zero_stage == 0:
+        return {"communication_data_type": "fp32"}
+    out = {"data_types": {"grad_accum_dtype": "fp32"}, "communication_data_type": "fp32"}
+    if cfg.parallel.zero_stage == 2:
+        out["zero_optimization"] = {"stage": 2, "reduce_scatter": False}
+    return out
 
 
 def optimizer_params(cfg: Config, device: torch.device) -> dict:

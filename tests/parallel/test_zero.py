@@ -213,3 +213,55 @@ def test_bf16_gradients_accumulate_in_float32():
     """bf16, ZeRO-1, 8 micro-batches a step: the gradient the optimizer gets is the float32 sum of
     the bf16 gradients that backward produced for each micro-batch (seen by tensor hooks)."""
     launch_local(_bf16_accumulation_worker, 1)
+
+
+def _bf16_reduction_worker(result_file):
+    import torch.distributed as dist
+    from deepspeed.utils import safe_get_full_grad
+
+    from loong_dist.parallel.engine import build_engine, build_model
+    from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
+
+    groups = init_parallel(tp_size=1, backend="gloo")
+    errors = {}
+    try:
+        for stage in (0, 1, 2, 3):
+            cfg = load_config(None, [f"parallel.zero_stage={stage}", "parallel.precision=bf16", "model.size=tiny",
+                                     "model.max_seq_len=64", "optim.micro_batch_size=1", "optim.grad_accum_steps=1"])
+            torch.manual_seed(0)
+            engine = build_engine(build_model(cfg.model, VOCAB, groups, cfg.parallel), cfg, groups)
+            g = torch.Generator().manual_seed(10 + groups.dp_rank)  # each rank its own batch
+            tokens, targets = torch.randint(0, VOCAB, (1, 48), generator=g), torch.randint(0, VOCAB, (1, 48), generator=g)
+            mine = {}
+            for name, p in engine.module.named_parameters():
+                p.register_hook(lambda grad, name=name: mine.__setitem__(name, grad.float().clone()))
+            engine.backward(engine(tokens, targets).mean())
+            exact = rounded = 0.0  # off the float32 mean, off its one bf16 rounding (of the largest entry)
+            for name, p in engine.module.named_parameters():
+                both = [torch.zeros_like(mine[name]) for _ in range(groups.dp_size)]
+                dist.all_gather(both, mine[name])
+                mean = sum(both) / groups.dp_size  # the float32 mean of the ranks' bf16 gradients
+                got, scale = safe_get_full_grad(p).float(), mean.abs().max()
+                exact = max(exact, float((got - mean).abs().max() / scale))
+                rounded = max(rounded, float((got - mean.bfloat16().float()).abs().max() / scale))
+            errors[stage] = (exact, rounded)
+            engine.step()
+        if groups.dp_rank == 0:
+            torch.save(errors, result_file)
+    finally:
+        destroy_parallel()
+
+
+def test_bf16_gradients_are_reduced_in_float32_at_every_zero_stage(tmp_path):
+    """bf16, three data-parallel ranks (with two, a bf16 sum of pre-halved gradients rounds only
+    once and looks exact): the gradient the optimizer gets is the float32 mean of the ranks' bf16
+    gradients (tensor hooks, all-gathered) at ZeRO 1-3. At stage 0, where DeepSpeed keeps no
+    float32 gradients beside bf16 weights, it is that mean rounded once to bf16. DeepSpeed's
+    default reduces in bf16, rounding each pre-divided gradient and each partial sum."""
+    result = str(tmp_path / "errors.pt")
+    launch_local(_bf16_reduction_worker, 3, result)
+    errors = torch.load(result)
+    report = ", ".join(f"ZeRO-{s}: off the fp32 mean by {e:.1e}, off its bf16 rounding by {r:.1e}"
+                       for s, (e, r) in errors.items())
+    assert errors[0][1] == 0.0, report
+    assert all(errors[s][0] < 1e-6 for s in (1, 2, 3)), report
