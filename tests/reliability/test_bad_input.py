@@ -185,7 +185,7 @@ CASES = [
     ("model text vocab != tokenizer", "jobs.generate", lambda a, d: _gen(a, d, "--prompt", "a red circle",
                                                                           model="wrong_text"), "text vocabulary"),
     ("model trained at another size", "jobs.generate", lambda a, d: _gen(a, d, "--prompt", "a red circle",
-                                                                          model="model_128px"), "trained on 128 px clips"),
+                                                                          model="model_128px"), "trained on clips with data.size=128"),
     ("tokenizer for 16x compression", "jobs.generate", lambda a, d: _gen(a, d, "--prompt", "a red circle",
                                                                           tok="tok_16x"), "spatial_downsample"),
     ("tokenizer of another architecture", "data_prep.pretokenize",
