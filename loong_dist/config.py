@@ -378,6 +378,10 @@ class ParallelConfig:
     compile: bool = False
     """torch.compile each transformer block (fuses its elementwise work; on CPU inductor needs a C++
     compiler). The first step of each new sequence length pays the compile."""
+    ray_placement: Literal["PACK", "SPREAD"] = "PACK"
+    """How Ray Train places the workers of `--num-workers` (its ScalingConfig.placement_strategy):
+    PACK fills a node before the next (tensor-parallel ranks share NVLink); SPREAD puts them on
+    different nodes where it can."""
 
     def __post_init__(self):
         _check(self.tp >= 1, "parallel.tp", self.tp, "must be >= 1")
@@ -432,7 +436,23 @@ class TrainConfig:
     """Folder or s3:// prefix holding the token shards and their index.json (data_prep.pretokenize);
     several, comma-separated, are read as one corpus (an image corpus and a clip corpus, say)."""
     token_budget: int = 8192
-    """Tokens per rank per micro-batch; each length bucket's micro-batch size is budget // its longest sequence."""
+    """Tokens per rank per micro-batch (memory): each length bucket's micro-batch holds at most
+    budget // its longest sequence."""
+    global_batch_tokens: int = 0
+    """Tokens per optimizer step over all ranks (Megatron's global batch, in tokens): each length
+    bucket's global batch holds global_batch_tokens // its longest sequence samples, whatever the
+    layout; the data-parallel ranks split it, and each rank runs as many micro-batches of at most
+    `token_budget` as its share needs (optim.grad_accum_steps stays 1). A checkpoint resumes
+    exactly on another layout only with it. 0: one micro-batch of token_budget per rank and per
+    accumulation step (the global batch then grows with the data-parallel size)."""
+    allow_batch_change: bool = False
+    """Resume a checkpoint whose global batch (global_batch_tokens, or the layout's token budget x
+    ranks x accumulation steps) differs from this config's; off: refused, since the global batch is
+    what keeps a resumed run exact."""
+    exit_interval: int = 0
+    """Stop after the first optimizer step that is a multiple of this, with a checkpoint, and exit
+    0 (Megatron's --exit-interval, the scheduled-preemption hook of cluster job scripts); the same
+    command then continues to the next multiple. 0: off."""
     latent_frames: list[int] = field(default_factory=list)
     """Train only on samples with these latent-frame counts (empty: all)."""
     mix: list[float] = field(default_factory=list)
@@ -462,6 +482,9 @@ class TrainConfig:
 
     def __post_init__(self):
         _check(self.token_budget >= 16, "train.token_budget", self.token_budget, "must be >= 16")
+        _check(self.global_batch_tokens >= 0, "train.global_batch_tokens", self.global_batch_tokens,
+               "must be >= 0 (0: token_budget per rank)")
+        _check(self.exit_interval >= 0, "train.exit_interval", self.exit_interval, "must be >= 0 (0: off)")
         _check(self.save_every >= 0, "train.save_every", self.save_every, "must be >= 0")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
         _check(self.export_every >= 0, "train.export_every", self.export_every, "must be >= 0 (0: off)")
@@ -639,6 +662,11 @@ class Config:
     """Offline tokenization of a manifest into token shards on Ray (data_prep.pretokenize)."""
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     """Sampling and long-video extension (jobs.generate)."""
+
+    def __post_init__(self):
+        _check(not (self.train.global_batch_tokens and self.optim.grad_accum_steps != 1), "optim.grad_accum_steps",
+               self.optim.grad_accum_steps, "must be 1 with train.global_batch_tokens (each rank runs the "
+               "micro-batches of train.token_budget that its share of the global batch needs)")
 
 
 # ----------------------------------------------------------------------------------------------

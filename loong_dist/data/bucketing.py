@@ -1,15 +1,24 @@
-"""Sequence-length bucketing with an exact, resumable order.
+"""Sequence-length bucketing with an exact, resumable order that does not depend on the layout.
 
-Samples are grouped by latent-frame count (from the shard index). Each bucket's micro-batch size
-comes from a token budget - `budget // longest sequence in the bucket` - so an image step and a
-65-frame step cost about the same memory. An epoch's plan is a pure function of (seed, epoch):
+Samples are grouped by latent-frame count (from the shard index). Each bucket has a global batch
+size and a micro-batch size, both from token budgets, so an image step and a 65-frame step cost
+about the same: the global batch holds `global_tokens // longest sequence in the bucket` samples
+over all ranks (`train.global_batch_tokens`, Megatron's global batch in tokens: a fact of the
+config), and a micro-batch at most `token_budget // longest` on one rank (memory). Without
+global_tokens the global batch is one micro-batch per data-parallel rank (the older per-rank
+meaning: the global batch then grows with DP).
 
-  1. within each bucket, a permutation of its samples, cut into global batches of
-     micro_batch x dp_size (the remainder waits for the next epoch's permutation);
-  2. inside a global batch, samples sorted by text length, so each rank's micro-batch pads little;
+An epoch's plan is a pure function of (seed, epoch), whatever the layout:
+
+  1. within each bucket, a permutation of its samples, cut into global batches (the remainder
+     waits for the next epoch's permutation);
+  2. inside a global batch, samples sorted by text length, so each micro-batch pads little;
   3. the global batches of all buckets, in a shuffled order.
 
-At step i every rank takes global batch i (the same bucket everywhere) and its own slice of it.
+At step i every rank takes global batch i (the same bucket everywhere) and every dp_size-th
+sample of it from its rank on (`__next__`), cut into micro-batches (`split`): the same number on
+every rank, the last ones shorter or empty where the batch does not divide. TP=1 x DP=2, TP=2 x
+DP=1 and DP=2 with two micro-batches a step thus see the same global batches in the same order.
 `state_dict()` is (epoch, position); loading it continues with exactly the next batch.
 
 With `mix` (one share per entry of `frames`) the buckets are drawn by share instead: step t takes
@@ -44,43 +53,52 @@ class Bucket:
     latent_frames: int
     """F: latent frames of every sample in the bucket."""
     micro_batch: int
-    """Sequences per rank per micro-step."""
+    """Sequences per rank per micro-step (at most)."""
     max_len: int
     """Longest sequence in the bucket (tokens)."""
     size: int
     """Samples in the bucket."""
+    global_batch: int = 0
+    """Sequences per optimizer step over all ranks."""
 
 
-def plan_buckets(refs: Sequence[SampleRef], token_budget: int) -> dict[int, Bucket]:
+def plan_buckets(refs: Sequence[SampleRef], token_budget: int, dp_size: int = 1,
+                 global_tokens: int = 0) -> dict[int, Bucket]:
     by_frames: dict[int, list[SampleRef]] = {}
     for r in refs:
         by_frames.setdefault(r.latent_frames, []).append(r)
     buckets = {}
     for f, members in sorted(by_frames.items()):
         longest = max(sequence_length(r) for r in members)
-        buckets[f] = Bucket(f, max(1, token_budget // longest), longest, len(members))
+        micro = max(1, token_budget // longest)
+        glob = max(1, global_tokens // longest) if global_tokens else micro * dp_size
+        buckets[f] = Bucket(f, micro, longest, len(members), glob)
     return buckets
 
 
 class BucketedBatchSampler:
-    """Yields this rank's micro-batch (a list of SampleRefs) for each step, forever (epoch after epoch)."""
+    """Yields this rank's samples of each global batch (a list of SampleRefs), forever (epoch
+    after epoch); `split` cuts them into this step's micro-batches."""
 
     def __init__(self, refs: Sequence[SampleRef], token_budget: int, dp_rank: int = 0, dp_size: int = 1,
-                 seed: int = 0, frames: Sequence[int] | None = None, mix: Sequence[float] | None = None):
+                 seed: int = 0, frames: Sequence[int] | None = None, mix: Sequence[float] | None = None,
+                 global_tokens: int = 0):
         self.refs = [r for r in refs if frames is None or r.latent_frames in frames]
         if not self.refs:
             raise BucketError(f"train.latent_frames={list(frames or [])}: the shards hold no sample with those latent "
                               f"frame counts")
-        self.token_budget = token_budget
-        self.buckets = plan_buckets(self.refs, token_budget)
+        self.token_budget, self.global_tokens = token_budget, global_tokens
+        self.buckets = plan_buckets(self.refs, token_budget, dp_size, global_tokens)
+        self.last_global: tuple[int, int] = (0, 0)
+        """(latent frames, samples) of the global batch `__next__` returned last."""
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.epoch, self.position = 0, 0
         self._plan: list[tuple[int, np.ndarray]] | None = None
         if not self.epoch_plan(0):
-            raise BucketError(f"train.token_budget={token_budget}: too few samples for one global batch of "
-                              f"{dp_size} rank(s) in any bucket ("
+            what = f"train.global_batch_tokens={global_tokens}" if global_tokens else f"train.token_budget={token_budget}"
+            raise BucketError(f"{what}: too few samples for one global batch of {dp_size} rank(s) in any bucket ("
                               + ", ".join(f"{b.latent_frames} latent frames: {b.size} samples, need "
-                                          f"{b.micro_batch * dp_size}" for b in self.buckets.values())
+                                          f"{b.global_batch}" for b in self.buckets.values())
                               + "); lower the budget or add samples")
         self.mix: dict[int, float] = {}
         if mix:
@@ -92,7 +110,7 @@ class BucketedBatchSampler:
                     b = self.buckets.get(f)
                     raise ValueError(f"mix draws {f} latent frames, but the shards hold "
                                      f"{b.size if b else 0} such samples (one global batch needs "
-                                     f"{b.micro_batch * dp_size if b else 1})")
+                                     f"{b.global_batch if b else 1})")
         self.step = 0
         self.cursors = {f: (0, 0) for f in self.mix}  # bucket -> (its epoch, position in it)
         self._bucket_plans: dict[int, tuple[int, list[np.ndarray]]] = {}
@@ -104,7 +122,7 @@ class BucketedBatchSampler:
             return []
         members = np.array([i for i, r in enumerate(self.refs) if r.latent_frames == f])
         order = members[np.random.default_rng([self.seed, epoch, f]).permutation(len(members))]
-        glob = bucket.micro_batch * self.dp_size
+        glob = bucket.global_batch
         out = []
         for j in range(0, len(order) - glob + 1, glob):
             chunk = order[j:j + glob]
@@ -139,17 +157,26 @@ class BucketedBatchSampler:
     def __next__(self) -> list[SampleRef]:
         if self.mix:
             f, chunk = self._next_mixed()
-            return [self.refs[i] for i in chunk[self.dp_rank::self.dp_size]]
-        if self._plan is None:
-            self._plan = self.epoch_plan(self.epoch)
-        if self.position >= len(self._plan):
-            self.epoch, self.position = self.epoch + 1, 0
-            self._plan = self.epoch_plan(self.epoch)
-        f, chunk = self._plan[self.position]
-        self.position += 1
+        else:
+            if self._plan is None:
+                self._plan = self.epoch_plan(self.epoch)
+            if self.position >= len(self._plan):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._plan = self.epoch_plan(self.epoch)
+            f, chunk = self._plan[self.position]
+            self.position += 1
+        self.last_global = (int(f), len(chunk))
         # Rank r takes every dp_size-th sample: each rank gets the same spread of text lengths.
-        mine = chunk[self.dp_rank::self.dp_size]
-        return [self.refs[i] for i in mine]
+        return [self.refs[i] for i in chunk[self.dp_rank::self.dp_size]]
+
+    def split(self, mine: list[SampleRef]) -> list[list[SampleRef]]:
+        """This rank's samples of the last global batch as micro-batches of at most the bucket's
+        micro_batch: as many on every rank (the ranks' shares differ by one at most), the last
+        ones shorter, or empty on a rank whose share ran out."""
+        f, total = self.last_global
+        micro = self.buckets[f].micro_batch
+        n = -(-(-(-total // self.dp_size)) // micro)  # ceil(ceil(total / dp) / micro)
+        return [mine[i * micro:(i + 1) * micro] for i in range(n)]
 
     @property
     def steps_per_epoch(self) -> int:

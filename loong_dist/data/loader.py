@@ -1,8 +1,11 @@
 """The training loader: shard index -> bucketed, rank-split micro-batches of padded tensors.
 
     loader = TokenLoader(ShardIndex.load(folder, storage), layout, token_budget=8192,
-                         dp_rank=groups.dp_rank, dp_size=groups.dp_size, seed=cfg.run.seed)
-    batch = next(loader)          # tokens, targets, frame: int64 (b, s); IGNORE / -1 where padded
+                         dp_rank=groups.dp_rank, dp_size=groups.dp_size, seed=cfg.run.seed,
+                         global_tokens=65536)
+    micro = loader.next_step()    # this rank's micro-batches of the next global batch, each a dict of
+                                  # tokens, targets, frame: int64 (b, s); IGNORE / -1 where padded
+    batch = next(loader)          # the same, for a loader whose steps are one micro-batch
     state = loader.state_dict()   # saved with the checkpoint; load_state_dict resumes exactly
 
 Samples are fetched by byte range (local seek or S3 ranged GET) on a small thread pool, and the
@@ -10,8 +13,13 @@ next micro-batch is fetched while the current one trains. The order is the sampl
 threads never change what a step sees.
 
 Caption dropout (for classifier-free guidance) replaces a sample's text with the empty text
-(`<s> <bov>`) at batch time; which samples lose their caption is drawn from (seed, rank, the
-sampler state before the batch), so a resumed run drops exactly the same ones.
+(`<s> <bov>`) at batch time; which samples of a global batch lose their caption is drawn from
+(seed, the sampler state before the batch), so a resumed run - on any layout - drops exactly the
+same ones.
+
+A micro-batch that a rank's share of the global batch leaves empty (the batch does not divide
+over the ranks) is one padding token with no target: it takes part in the collectives of the
+forward and backward and adds nothing to the loss.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ class TokenLoader:
     def __init__(self, index: ShardIndex, layout: VocabLayout, token_budget: int, dp_rank: int = 0,
                  dp_size: int = 1, seed: int = 0, frames: Sequence[int] | None = None,
                  storage: Storage | None = None, workers: int = 4, mix: Sequence[float] | None = None,
-                 caption_dropout: float = 0.0):
+                 caption_dropout: float = 0.0, global_tokens: int = 0):
         codebook = index.meta.get("codebook_size")
         if codebook is not None and codebook != layout.codebook_size:
             raise ShardError(f"{index.folder}: shards hold {codebook} video codes, the model's layout has "
@@ -60,32 +68,52 @@ class TokenLoader:
                              f"layout has {layout.text_vocab_size}")
         self.index, self.layout = index, layout
         self.reader = ShardReader(index, storage)
-        self.sampler = BucketedBatchSampler(index.samples, token_budget, dp_rank, dp_size, seed, frames, mix)
+        self.sampler = BucketedBatchSampler(index.samples, token_budget, dp_rank, dp_size, seed, frames, mix,
+                                            global_tokens)
         self.caption_dropout = caption_dropout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard-read")
-        self._next: tuple[dict, list[Future]] | None = None
+        self._next: tuple[dict, list[list[Future]], list[list[bool]]] | None = None
 
-    def _drop_text(self, state: dict, n: int) -> list[bool]:
+    def _drop_text(self, state: dict, total: int) -> list[bool]:
+        """Caption dropout of this rank's samples of a global batch of `total` (drawn for the whole
+        batch, then this rank's share: the same samples whatever the layout)."""
         if not self.caption_dropout:
-            return [False] * n
-        key = [self.sampler.seed, 2 << 20, self.sampler.dp_rank, state["epoch"], state["position"],
-               state.get("step", 0)]
-        return (np.random.default_rng(key).random(n) < self.caption_dropout).tolist()
+            return [False] * len(range(self.sampler.dp_rank, total, self.sampler.dp_size))
+        key = [self.sampler.seed, 2 << 20, state["epoch"], state["position"], state.get("step", 0)]
+        drop = np.random.default_rng(key).random(total) < self.caption_dropout
+        return drop[self.sampler.dp_rank::self.sampler.dp_size].tolist()
 
-    def _fetch(self) -> tuple[dict, list[Future]]:
+    def _fetch(self) -> tuple[dict, list[list[Future]], list[list[bool]]]:
         state = self.sampler.state_dict()  # the state *before* this batch: where a resume restarts it
-        refs = next(self.sampler)
-        return state, [self._pool.submit(self.reader.read, r) for r in refs]
+        mine = next(self.sampler)
+        drop = self._drop_text(state, self.sampler.last_global[1])
+        micro = self.sampler.split(list(zip(mine, drop)))
+        return (state, [[self._pool.submit(self.reader.read, r) for r, _ in m] for m in micro],
+                [[d for _, d in m] for m in micro])
+
+    def _empty(self) -> dict[str, torch.Tensor]:
+        """An empty micro-batch: one padding position with no target."""
+        return {"tokens": torch.full((1, 1), self.layout.pad_id, dtype=torch.int64),
+                "targets": torch.full((1, 1), IGNORE, dtype=torch.int64),
+                "frame": torch.full((1, 1), -1, dtype=torch.int64)}
+
+    def next_step(self) -> list[dict[str, torch.Tensor]]:
+        """This rank's micro-batches of the next global batch (as many on every rank)."""
+        if self._next is None:
+            self._next = self._fetch()
+        _, futures, drop = self._next
+        self._next = self._fetch()  # prefetch while this batch is collated and trained on
+        return [collate([f.result() for f in fs], self.layout, d) if fs else self._empty() for fs, d in zip(futures, drop)]
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        if self._next is None:
-            self._next = self._fetch()
-        state, futures = self._next
-        self._next = self._fetch()  # prefetch while this batch is collated and trained on
-        return collate([f.result() for f in futures], self.layout, self._drop_text(state, len(futures)))
+        """The next global batch's one micro-batch on this rank (steps of several: `next_step`)."""
+        micro = self.next_step()
+        if len(micro) != 1:
+            raise ValueError(f"this global batch is {len(micro)} micro-batches on each rank: use next_step()")
+        return micro[0]
 
     def state_dict(self) -> dict:
         """Resume point: the batch after the last one returned."""
@@ -100,9 +128,14 @@ class TokenLoader:
     def padding_report(self, naive_batch_size: int | None = None) -> dict[str, float]:
         """Padding share of one epoch of bucketed micro-batches against the naive baseline: a plain
         shuffle in batches of budget // mean sequence length, each padded to its longest."""
-        plan = self.sampler.epoch_plan(self.sampler.epoch)
-        refs = self.sampler.refs
-        batches = [[refs[i] for i in chunk[self.sampler.dp_rank::self.sampler.dp_size]] for _, chunk in plan]
+        s = self.sampler
+        plan = s.epoch_plan(s.epoch)
+        refs = s.refs
+        batches = []
+        for f, chunk in plan:
+            micro = s.buckets[f].micro_batch
+            mine = [refs[i] for i in chunk[s.dp_rank::s.dp_size]]
+            batches += [mine[i:i + micro] for i in range(0, len(mine), micro)]
         mean_len = float(np.mean([sequence_length(r) for r in refs]))
         size = naive_batch_size or max(2, int(self.sampler.token_budget // mean_len))
         return {"bucketed": padding_share(batches), "naive": padding_share(naive_batches(refs, size, self.sampler.seed)),

@@ -80,6 +80,23 @@ class RunFolder:
         self.publish(name)
 
 
+def first_on_its_disk() -> bool:
+    """Whether this rank is the one of its disk that moves files (downloads, uploads, `latest`
+    pointers, pruning): the lowest rank with its (host, scratch folder). Not LOCAL_RANK, which
+    follows node IPs: two nodes with one IP (a test cluster on 127.0.0.1, containers sharing a
+    host network) would leave the second node's disk to no one. A collective when distributed."""
+    import socket
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return True
+    mine = (socket.gethostname(), str(scratch_root().resolve()))
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return everyone.index(mine) == dist.get_rank()
+
+
 def local_input(uri: str, storage: Storage) -> Path:
     """A file to read that may be on S3: the path itself when local, else a fresh copy in this
     node's scratch (downloaded atomically: ranks sharing a node may ask at once)."""
@@ -90,4 +107,4 @@ def local_input(uri: str, storage: Storage) -> Path:
     return path
 
 
-__all__ = ["RunFolder", "local_input", "scratch_for", "scratch_root"]
+__all__ = ["RunFolder", "first_on_its_disk", "local_input", "scratch_for", "scratch_root"]

@@ -88,9 +88,13 @@ def deepspeed_config(cfg: Config, groups: ParallelGroups) -> dict:
     o, p = cfg.optim, cfg.parallel
     bf16 = use_bf16(p, groups.device)
     return {
+        # The trainer owns the accumulation: a step runs as many micro-batches as the global batch
+        # needs on this rank (they vary by bucket), each backward accumulates locally, and one
+        # step() reduces and updates (DeepSpeed's unmanaged gradient accumulation).
+        "managed_gradient_accumulation": False,
         "train_micro_batch_size_per_gpu": o.micro_batch_size,
-        "gradient_accumulation_steps": o.grad_accum_steps,
-        "train_batch_size": o.micro_batch_size * o.grad_accum_steps * groups.dp_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": o.micro_batch_size * groups.dp_size,
         "gradient_clipping": o.grad_clip,
         "bf16": {"enabled": bf16},
         "zero_optimization": {"stage": p.zero_stage},

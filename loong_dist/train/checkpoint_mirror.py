@@ -1,16 +1,17 @@
-"""A mirror of the local DeepSpeed checkpoint folder at a URI (s3:// prefix or another folder),
+"""A mirror of the local checkpoint folder at a URI (s3:// prefix or another folder),
 and the resume decision that every rank shares.
 
-DeepSpeed writes checkpoints to local disk only. With a mirror (`train.checkpoint_uri`, or the
+Every rank writes its checkpoint files to its node's disk. With a mirror (`train.checkpoint_uri`, or the
 run folder's checkpoints/ when the run folder is on S3), each saved tag folder is uploaded after
 the save, and `latest` (the tag name) is written last, so a mirror read at any time names a
 complete checkpoint. Which tag a run resumes from is decided once, on rank 0, and broadcast:
 ranks on nodes without a shared disk would otherwise each read their own `latest` and disagree.
-A node that does not hold the chosen tag downloads it from the mirror.
+A node completes the chosen tag from the mirror: the files it lacks (a new node: all of them; a
+node of a multi-node run: the other nodes' shares, since a layout-free checkpoint is read whole).
 
     publish_checkpoint(storage, ckpt_dir, uri, tag, keep, ...)   # after every rank saved `tag`
     tag = resume_tag(storage, ckpt_dir, uri, is_main)             # the same on every rank
-    fetch_tag(storage, ckpt_dir, uri, tag, node_main)             # then engine.load_checkpoint(tag=tag)
+    fetch_tag(storage, ckpt_dir, uri, tag, node_main)             # then read ckpt_dir/tag
 """
 
 from __future__ import annotations
@@ -43,14 +44,19 @@ def publish_latest(storage: Storage, uri: str, tag: str, keep: int) -> None:
             storage.delete(f)
 
 
-def download_tag(storage: Storage, uri: str, ckpt_dir: Path, tag: str) -> None:
-    """Copy the mirror's `tag` folder into ckpt_dir/tag (every rank's files of it)."""
+def download_tag(storage: Storage, uri: str, ckpt_dir: Path, tag: str) -> int:
+    """Copy into ckpt_dir/tag the files of the mirror's `tag` that it lacks (every rank's files of
+    it: a layout-free checkpoint is read whole by every node); returns the count."""
     prefix = join(uri, tag).rstrip("/") + "/"
     files = storage.list(join(uri, tag))
     if not files:
         raise UserError(f"{join(uri, tag)}: the checkpoint mirror holds no files of {tag}")
-    for f in files:
+    if join(uri, tag, ".metadata") not in files and storage.exists(join(uri, tag, ".metadata")):
+        files.append(join(uri, tag, ".metadata"))  # DCP's index: a local folder's listing leaves dot-files out
+    missing = [f for f in files if not (ckpt_dir / tag / f[len(prefix):]).is_file()]
+    for f in missing:
         storage.download_file(f, ckpt_dir / tag / f[len(prefix):])
+    return len(missing)
 
 
 def download_latest(storage: Storage, uri: str, ckpt_dir: Path) -> str | None:
@@ -116,18 +122,19 @@ def resume_tag(storage: Storage, ckpt_dir: Path, uri: str, is_main: bool) -> str
 
 
 def fetch_tag(storage: Storage, ckpt_dir: Path, uri: str, tag: str, node_main: bool) -> bool:
-    """Make this node's disk hold `tag` (from the mirror when it does not) and name it `latest`
-    (a collective). True when it was downloaded."""
-    missing = not (ckpt_dir / tag).is_dir()
-    if node_main and missing:
-        if not uri:
+    """Make this node's disk hold all of `tag` (the files it lacks come from the mirror: other
+    nodes' shares, or the whole tag on a new node) and name it `latest` (a collective). True when
+    anything was downloaded."""
+    fetched = 0
+    if node_main:
+        if uri:
+            fetched = download_tag(storage, uri, ckpt_dir, tag)
+        elif not (ckpt_dir / tag).is_dir():
             raise UserError(f"checkpoint {tag}: rank 0 resumes from it, this node's {ckpt_dir} does not hold it, "
                             f"and there is no mirror (train.checkpoint_uri) to fetch it from")
-        download_tag(storage, uri, ckpt_dir, tag)
-    if node_main:
         write_latest(ckpt_dir, tag)
     _barrier()
-    return missing and bool(uri)
+    return fetched > 0
 
 
 __all__ = ["download_latest", "download_tag", "fetch_tag", "publish_checkpoint", "publish_latest", "resume_tag",

@@ -53,7 +53,7 @@ def launch_ray(fn: Callable[[Config], None], cfg: Config, num_workers: int, addr
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     backend = None if cfg.parallel.backend == "auto" else cfg.parallel.backend
-    scaling = ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+    scaling = ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, placement_strategy=cfg.parallel.ray_placement,
                             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
     log.info("Ray Train: %d worker(s), %s, %s", num_workers, "1 GPU each" if use_gpu else "CPU",
              address or "local Ray")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from loong_dist.data.manifest import read_manifest
 from loong_dist.data.text_overlay import overlay_text
 from loong_dist.evaluation.plots import line_chart
 from loong_dist.evaluation.tokenizer_quality import evaluate_clips
-from loong_dist.io.run_folder import RunFolder
+from loong_dist.io.run_folder import RunFolder, first_on_its_disk
 from loong_dist.io.storage import Storage
 from loong_dist.io.video import write_gif
 from loong_dist.models.tokenizer import VideoTokenizer, save_tokenizer
@@ -69,7 +68,7 @@ class TokenizerTrainer:
     def __init__(self, cfg: Config, groups: ParallelGroups):
         self.cfg, self.groups = cfg, groups
         self.is_main = (not dist.is_initialized()) or dist.get_rank() == 0
-        self.node_main = int(os.environ.get("LOCAL_RANK", 0)) == 0  # one rank per node moves files
+        self.node_main = first_on_its_disk()  # one rank per disk moves files
         storage = self.storage = Storage(cfg.storage)
         # An s3:// run folder: each node works in its own scratch copy and publishes what matters.
         self.run = RunFolder(cfg.run.out_dir, storage)
@@ -120,16 +119,17 @@ class TokenizerTrainer:
     def train_step(self) -> dict:
         tt = self.cfg.tokenizer_train
         losses = {}
-        for _ in range(self.cfg.optim.grad_accum_steps):
+        gas = self.cfg.optim.grad_accum_steps
+        for _ in range(gas):  # backward only accumulates (the engine's accumulation is ours), step() updates
             x = self.batch()
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 recon, _, aux = self.engine(x)
             recon = recon.float()
             l1, l2 = F.l1_loss(recon, x), F.mse_loss(recon, x)
             loss = tt.l1_weight * l1 + tt.l2_weight * l2 + tt.fsq_bound_weight * aux["fsq_bound"]
-            self.engine.backward(loss)
-            self.engine.step()
+            self.engine.backward(loss / gas, scale_wrt_gas=False)
             losses = {"loss": loss.item(), "l1": l1.item(), "l2": l2.item(), "fsq_bound": aux["fsq_bound"].item()}
+        self.engine.step()
         self.step += 1
         return losses
 

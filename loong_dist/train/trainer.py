@@ -1,18 +1,23 @@
 """The training loop: bucketed shards -> DeepSpeed engine, with checkpoints that resume exactly.
 
-Each optimizer step takes `optim.grad_accum_steps` micro-batches from the loader; the loss of a
+Each optimizer step takes this rank's micro-batches of one global batch from the loader; the loss of a
 micro-batch is `loss.mode`: the plain mean over its video tokens, or Loong's weighted mean of
 latent-frame group means (loong_dist/models/losses.py). Either way the means are over the tokens
 of the global batch, every micro-batch of the step on every data-parallel rank: token counts are
 summed over all of them before the first backward, each micro-batch's loss is its share of the
-global loss times dp_size x grad_accum_steps, and DeepSpeed's division by the accumulation steps
-and gradient average over the ranks then give the gradient of the global loss (`train_step`).
+global loss times dp_size, and DeepSpeed's gradient average over the ranks then gives the
+gradient of the global loss (`train_step`). With `train.global_batch_tokens` the global batch is
+a fact of the config: the same samples in the same order on any layout (data/bucketing.py).
 
-A checkpoint is DeepSpeed's (model, optimizer, scheduler, ZeRO shards) plus, as client state,
-the step, the loader position and the RNG states, so a run started again with the same command
-continues with the same next batches and losses; metrics.jsonl is cut back to the resumed step.
-DeepSpeed writes the `latest` pointer after the checkpoint folder, so a save cut short leaves the
-previous checkpoint in charge. A stage starts from `train.init_from` (the previous stage's
+A checkpoint is layout-free (loong_dist/parallel/layout_free.py): the single-device fp32 weights
+and Adam moments, written sharded by every rank with torch DCP, plus each rank's client state (the
+step, the loader position, the RNG streams, the scheduler) and meta.json (the layout that wrote it
+and the global batch). A run started again with the same command - or on another TP x DP x ZeRO
+layout with the same global batch - continues with the same next batches and losses; a changed
+global batch is refused unless `train.allow_batch_change`. metrics.jsonl is cut back to the
+resumed step. `latest` moves after every rank's files are written, so a save cut short leaves the
+previous checkpoint in charge. `train.exit_interval` saves and stops after a given step.
+A stage starts from `train.init_from` (the previous stage's
 model.safetensors); each stage ends by exporting its single-device weights to
 `<run>/model.safetensors`, with the model config and layout, for inference without DeepSpeed.
 """
@@ -24,8 +29,8 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,18 +38,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint import CheckpointException
 
 from loong_dist.config import Config, GenerateConfig
 from loong_dist.data.loader import TokenLoader
 from loong_dist.data.shards import ShardError, ShardIndex
-from loong_dist.io.run_folder import RunFolder, local_input, scratch_for
+from loong_dist.io.run_folder import RunFolder, first_on_its_disk, local_input, scratch_for
 from loong_dist.io.storage import Storage, is_s3, join
 from loong_dist.errors import ConfigError, UserError
 from loong_dist.models.ar.checkpoint import load_model, read_model_meta, save_model
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
 from loong_dist.models.ar.sizes import flops_per_token
 from loong_dist.models.losses import combine, frame_groups, frame_sums, group_counts, group_sums
-from loong_dist.parallel.engine import build_engine, build_model
+from loong_dist.parallel.engine import build_engine, build_model, load_checkpoint_file
+from loong_dist.parallel.layout_free import adam_step, read_state, write_state
 from loong_dist.parallel.process_groups import ParallelGroups
 from loong_dist.train.checkpoint_mirror import download_latest, fetch_tag, publish_checkpoint, resume_tag
 from loong_dist.train.telemetry import plot_frame_losses
@@ -137,6 +144,20 @@ def full_state_dict(engine, model: torch.nn.Module, groups: ParallelGroups) -> d
     return out
 
 
+META = "meta.json"
+"""A checkpoint's description: step, the layout that wrote it, its global batch."""
+
+
+def _first_failure(e: CheckpointException) -> str:
+    """The first rank's cause of a failed DCP write, as a short text."""
+    failures = getattr(e, "failures", {}) or {}
+    for rank in sorted(failures):
+        cause = failures[rank]
+        cause = getattr(cause, "exc", cause)  # DCP wraps each rank's exception
+        return f"rank {rank}: {getattr(cause, 'strerror', None) or cause}"
+    return str(e)
+
+
 class CheckpointWriteError(UserError):
     """A checkpoint could not be written (disk full, quota, a lost mount): one line, the last good
     checkpoint stays the one `latest` names."""
@@ -147,7 +168,7 @@ class Trainer:
         self.cfg, self.groups = cfg, groups
         self.storage = storage or Storage(cfg.storage)
         self.is_main = (not dist.is_initialized()) or dist.get_rank() == 0
-        self.node_main = int(os.environ.get("LOCAL_RANK", 0)) == 0  # one rank per node moves files
+        self.node_main = first_on_its_disk()  # one rank per disk moves files
         # The run folder may be an s3:// prefix: every node then works in its own scratch copy
         # (self.out) and the files that matter are published to it; nodes share nothing else.
         self.run = RunFolder(cfg.run.out_dir, self.storage)
@@ -175,7 +196,7 @@ class Trainer:
             self._init_optimizer(cfg.train.init_from)
         self.loader = TokenLoader(index, self.layout, cfg.train.token_budget, groups.dp_rank, groups.dp_size,
                                   cfg.run.seed, cfg.train.latent_frames or None, self.storage, cfg.train.loader_workers,
-                                  cfg.train.mix or None, cfg.train.caption_dropout)
+                                  cfg.train.mix or None, cfg.train.caption_dropout, cfg.train.global_batch_tokens)
         if cfg.loss.mode == "frame_groups":
             self.boundaries, self.weights = list(cfg.loss.boundaries), list(cfg.loss.weights)
         else:  # one group: the plain token mean
@@ -202,10 +223,12 @@ class Trainer:
                 raise ConfigError(f"config: model.max_seq_len={m.max_seq_len}: the {f}-latent-frame bucket holds "
                                   f"sequences of up to {b.max_len} tokens; raise it or leave those out "
                                   f"(train.latent_frames)")
-            need = b.micro_batch * sampler.dp_size
-            if b.size < need:
-                log.warning("bucket of %d latent frames: %d samples, fewer than one global batch (%d = micro-batch %d "
-                            "x %d data-parallel ranks): it is never trained on", f, b.size, need, b.micro_batch,
+            if b.size < b.global_batch:
+                log.warning("bucket of %d latent frames: %d samples, fewer than one global batch of %d: it is never "
+                            "trained on", f, b.size, b.global_batch)
+            elif b.global_batch < sampler.dp_size:
+                log.warning("bucket of %d latent frames: a global batch of %d samples leaves some of the %d "
+                            "data-parallel ranks without one (they run an empty micro-batch)", f, b.global_batch,
                             sampler.dp_size)
 
     # -- stage start ---------------------------------------------------------------------------
@@ -252,8 +275,8 @@ class Trainer:
         log.info("initialised from %s (%s)", path, extra)
 
     def _init_optimizer(self, run: str) -> None:
-        """Also take the previous stage's optimizer state (its latest DeepSpeed checkpoint); the
-        learning-rate schedule starts afresh."""
+        """Also take the previous stage's optimizer state (Adam's moments and step count from its
+        latest checkpoint, on whatever layout it ran); the learning-rate schedule starts afresh."""
         ckpt = Path(run) / "checkpoints"
         if is_s3(run):  # one rank per node copies the latest tag into its scratch
             ckpt = scratch_for(join(run, "checkpoints"))
@@ -263,24 +286,54 @@ class Trainer:
         if not (ckpt / "latest").exists():
             raise ConfigError(f"config: train.init_optimizer=true needs train.init_from to be a run folder with "
                               f"checkpoints; {join(run, 'checkpoints', 'latest')} does not exist")
-        self.engine.load_checkpoint(str(ckpt), load_optimizer_states=True, load_lr_scheduler_states=False)
+        folder = ckpt / (ckpt / "latest").read_text().strip()
+        if not (folder / META).exists():  # DeepSpeed's own files (runs of loong-dist before layout-free checkpoints)
+            self.engine.load_checkpoint(str(ckpt), load_optimizer_states=True, load_lr_scheduler_states=False)
+            return
+        read_state(folder, self.engine, self.model, self.groups, self._client(folder)["adam_step"])
 
     # -- checkpoints ---------------------------------------------------------------------------
 
+    def parallel_layout(self) -> dict:
+        return {"tp": self.groups.tp_size, "dp": self.groups.dp_size, "zero": self.cfg.parallel.zero_stage,
+                "world": dist.get_world_size() if dist.is_initialized() else 1}
+
+    def global_batch(self) -> dict:
+        """Tokens per optimizer step over all ranks, and whether the config fixes them
+        (train.global_batch_tokens) or the layout does (token budget x ranks x accumulation)."""
+        t = self.cfg.train
+        if t.global_batch_tokens:
+            return {"tokens": t.global_batch_tokens, "fixed": True}
+        return {"tokens": t.token_budget * self.groups.dp_size * self.cfg.optim.grad_accum_steps, "fixed": False}
+
     def save(self) -> None:
+        """Checkpoint `step<N>`: the layout-free weights and Adam moments (written sharded by every
+        rank, loong_dist/parallel/layout_free.py), each rank's client state (step, loader position,
+        RNG streams, scheduler), and meta.json (layout, global batch). `latest` moves only after
+        every rank finished its files, in one rename."""
         tag = f"step{self.step:08d}"
+        folder = self.ckpt_dir / tag
+        rank = dist.get_rank() if dist.is_initialized() else 0
         client = {"step": self.step, "loader": self.loader.state_dict(), "rng": rng_state(),
-                  "layout": dataclasses.asdict(self.layout)}
-        # DeepSpeed's own `latest` is written by rank 0 without waiting for the other ranks' files
-        # (and in place): a rank killed mid-write would leave `latest` naming a torn checkpoint. So
-        # every rank finishes its files first, then rank 0 moves the pointer in one rename.
+                  "layout": dataclasses.asdict(self.layout), "adam_step": adam_step(self.engine),
+                  "scheduler": self.engine.lr_scheduler.state_dict() if self.engine.lr_scheduler else None,
+                  "lr": [g["lr"] for g in self.engine.optimizer.param_groups]}  # the next step's, set by the scheduler
         try:
-            self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client, save_latest=False)
-        except OSError as e:  # disk full, quota, a vanished mount: the pointer still names the last good one
+            if self.node_main and folder.exists():  # a torn save of this step, from a killed run
+                shutil.rmtree(folder)
+            self._barrier()
+            write_state(folder, self.engine, self.model, self.groups)
+            torch.save(client, folder / f"client_rank{rank:05d}.pt")
+            if self.is_main:
+                meta = {"step": self.step, "parallel": self.parallel_layout(), "global_batch": self.global_batch(),
+                        "format": "layout-free/dcp"}
+                (folder / META).write_text(json.dumps(meta, indent=1) + "\n")
+        except (OSError, CheckpointException) as e:  # disk full, quota, a vanished mount
             latest = self.ckpt_dir / "latest"
             kept = latest.read_text().strip() if latest.exists() else None
+            why = e.strerror if isinstance(e, OSError) and e.strerror else _first_failure(e)
             raise CheckpointWriteError(
-                f"checkpoint {tag}: writing {self.ckpt_dir / tag} failed ({e.strerror or e}); "
+                f"checkpoint {tag}: writing {folder} failed ({why}); "
                 + (f"{latest} still names {kept}, which a restart resumes from" if kept else "no checkpoint was kept yet")
             ) from None
         publish_checkpoint(self.storage, self.ckpt_dir, self.mirror, tag, self.cfg.train.keep_checkpoints,
@@ -300,17 +353,55 @@ class Trainer:
         if dist.is_initialized():
             dist.barrier()
 
+    def _client(self, folder: Path) -> dict:
+        """This rank's client state of a checkpoint (rank 0's where the writing layout had fewer ranks)."""
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        path = folder / f"client_rank{rank:05d}.pt"
+        return load_checkpoint_file(str(path if path.exists() else folder / "client_rank00000.pt"))
+
+    def _check_resume(self, tag: str, meta: dict) -> None:
+        """Log what a resume on another layout changes; refuse a changed global batch."""
+        old, new = meta["parallel"], self.parallel_layout()
+        gb_old, gb_new = meta["global_batch"], self.global_batch()
+
+        def show(p):
+            return f"TP={p['tp']} x DP={p['dp']}, ZeRO-{p['zero']} ({p['world']} ranks)"
+
+        if gb_old != gb_new and not self.cfg.train.allow_batch_change:
+            how = "train.global_batch_tokens" if gb_old["fixed"] else "train.token_budget x data-parallel ranks"
+            raise UserError(f"checkpoint {tag}: written with a global batch of {gb_old['tokens']} tokens ({how}, "
+                            f"{show(old)}), this run's is {gb_new['tokens']} ({show(new)}); pass "
+                            f"train.global_batch_tokens={gb_old['tokens']} to continue it exactly, or "
+                            f"train.allow_batch_change=true to continue with the new batch")
+        if self.is_main:
+            moved = "on the same layout" if old == new else f"written at {show(old)}, now {show(new)}"
+            log.info("resuming step %d of checkpoint %s %s; global batch %d tokens%s", meta["step"], tag, moved,
+                     gb_new["tokens"], "" if gb_old == gb_new else f" (was {gb_old['tokens']})")
+
     def resume(self) -> bool:
-        """Load the latest checkpoint of the run, the same tag on every rank (`resume_tag`); every
-        node first makes sure its disk holds that tag, from the mirror when it does not."""
+        """Load the latest checkpoint of the run, the same tag on every rank (`resume_tag`), on
+        whatever layout wrote it; every node first makes sure its disk holds all of that tag,
+        from the mirror where it does not."""
         tag = resume_tag(self.storage, self.ckpt_dir, self.mirror, self.is_main)
         if tag is None:
             return False
         if fetch_tag(self.storage, self.ckpt_dir, self.mirror, tag, self.node_main):
             log.info("checkpoint %s downloaded from %s", tag, self.mirror)
-        path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
-        if path is None:
-            return False
+        folder = self.ckpt_dir / tag
+        if not (folder / META).exists():  # DeepSpeed's own files: resumable on the layout that wrote them
+            path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+            if path is None:
+                return False
+        else:
+            self._check_resume(tag, json.loads((folder / META).read_text()))
+            client = self._client(folder)
+            read_state(folder, self.engine, self.model, self.groups, client["adam_step"])
+            if client.get("scheduler") is not None and self.engine.lr_scheduler is not None:
+                self.engine.lr_scheduler.load_state_dict(client["scheduler"])
+            for group, lr in zip(self.engine.optimizer.param_groups, client["lr"]):
+                group["lr"] = lr
+            self.engine.global_steps = int(client["step"])
+            path = folder
         self.step = int(client["step"])
         self.loader.load_state_dict(client["loader"])
         set_rng_state(client["rng"])
@@ -361,18 +452,26 @@ class Trainer:
             dist.all_reduce(t, group=self.groups.dp_group)
         return t
 
+    def _step_batches(self) -> list[dict[str, torch.Tensor]]:
+        """This rank's micro-batches of one optimizer step: those of one global batch
+        (train.global_batch_tokens), or one of each of optim.grad_accum_steps global batches."""
+        if self.cfg.train.global_batch_tokens:
+            return self.loader.next_step()
+        return [b for _ in range(self.cfg.optim.grad_accum_steps) for b in self.loader.next_step()]
+
     def train_step(self) -> StepStats:
-        """One optimizer step over `optim.grad_accum_steps` micro-batches on every data-parallel rank.
+        """One optimizer step over this rank's micro-batches (`_step_batches`) on every rank.
 
         The loss is that of the whole global batch: the token counts of each loss group are summed
         over every micro-batch of the step on every rank before any backward, and each micro-batch
-        contributes its group sums over those counts. DeepSpeed divides each micro-batch's loss by
-        the accumulation steps and averages the gradients over the ranks, so each loss is scaled by
-        both first: the step's gradient is then exactly that of the global weighted mean, whatever
-        mix of buckets (an image micro-batch beside a clip one) the step holds."""
+        contributes its group sums over those counts. DeepSpeed averages the gradients over the
+        ranks, so each loss is scaled by their number first; backward only accumulates and one
+        step() reduces and updates. The step's gradient is then exactly that of the global
+        weighted mean, whatever mix of buckets (an image micro-batch beside a clip one) the step
+        holds and however many micro-batches each rank needed."""
         start = time.perf_counter()
-        gas, dp, n = self.cfg.optim.grad_accum_steps, self.groups.dp_size, len(self.weights)
-        batches = [{k: v.to(self.groups.device) for k, v in next(self.loader).items()} for _ in range(gas)]
+        dp, n = self.groups.dp_size, len(self.weights)
+        batches = [{k: v.to(self.groups.device) for k, v in b.items()} for b in self._step_batches()]
         groups = [frame_groups(b["frame"], self.boundaries) for b in batches]  # (b, s) each, -1 where ignored
         counts = self._dp_sum(sum(group_counts(g, n) for g in groups))  # (g,) over the global batch
         # loss value, plain token sum, valid targets, input tokens: summed over micro-batches then ranks
@@ -382,13 +481,13 @@ class Trainer:
         for batch, group in zip(batches, groups):
             per_token = self.engine(batch["tokens"], batch["targets"])  # (b, s), 0 where ignored
             share = combine(group_sums(per_token, group, n), counts, self.weights)  # this micro-batch's part
-            self.engine.backward(share * dp * gas)
-            self.engine.step()
+            self.engine.backward(share * dp, scale_wrt_gas=False)
             totals += torch.stack([share.detach().double(), per_token.detach().sum().double(),
                                    (batch["targets"] != IGNORE).sum().double(),
                                    (batch["tokens"] != self.layout.pad_id).sum().double()])
             sums, cnt = frame_sums(per_token, batch["frame"], self.n_frames)
             frames += torch.stack([sums, cnt])
+        self.engine.step()
         totals, frames = self._dp_sum(totals), self._dp_sum(frames)
         loss, plain_loss = float(totals[0]), float(totals[1] / totals[2].clamp(min=1))
         per_frame = [float(s / c) if c > 0 else None for s, c in zip(frames[0].tolist(), frames[1].tolist())]
@@ -450,6 +549,11 @@ class Trainer:
                 self.save()
             if self.cfg.train.export_every and stats.step % self.cfg.train.export_every == 0:
                 self.export(self.out / "exports" / f"step{stats.step:08d}.safetensors")
+            if self.cfg.train.exit_interval and stats.step % self.cfg.train.exit_interval == 0 and stats.step < steps:
+                if self.is_main:
+                    log.info("step %d: train.exit_interval=%d reached; the same command continues from here",
+                             stats.step, self.cfg.train.exit_interval)
+                break
         if not self.cfg.train.save_every or self.step % self.cfg.train.save_every:
             self.save()
         if self.step >= self.cfg.optim.steps:  # the stage is done: weights for the next stage / inference

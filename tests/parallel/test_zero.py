@@ -196,10 +196,8 @@ def _bf16_accumulation_worker():
 
         for name, p in engine.module.named_parameters():
             p.register_hook(add_to_sum(name))
-        for i, (tokens, targets) in enumerate(micro):
-            engine.backward(engine(tokens, targets).mean())
-            if i < accum - 1:
-                engine.step()  # a no-op between boundaries, as DeepSpeed wants it called
+        for tokens, targets in micro:  # backward accumulates; the one step() below reduces and updates
+            engine.backward(engine(tokens, targets).mean() / accum, scale_wrt_gas=False)
         for name, p in engine.module.named_parameters():
             # DeepSpeed's bf16 running sum and bf16 reduction were off by 2e-3 to 9e-3 of the largest entry
             torch.testing.assert_close(safe_get_full_grad(p).float(), sums[name], rtol=1e-6,
@@ -236,15 +234,24 @@ def _bf16_reduction_worker(result_file):
             for name, p in engine.module.named_parameters():
                 p.register_hook(lambda grad, name=name: mine.__setitem__(name, grad.float().clone()))
             engine.backward(engine(tokens, targets).mean())
-            exact = rounded = 0.0  # off the float32 mean, off its one bf16 rounding (of the largest entry)
+            means = {}
             for name, p in engine.module.named_parameters():
                 both = [torch.zeros_like(mine[name]) for _ in range(groups.dp_size)]
                 dist.all_gather(both, mine[name])
-                mean = sum(both) / groups.dp_size  # the float32 mean of the ranks' bf16 gradients
-                got, scale = safe_get_full_grad(p).float(), mean.abs().max()
-                exact = max(exact, float((got - mean).abs().max() / scale))
-                rounded = max(rounded, float((got - mean.bfloat16().float()).abs().max() / scale))
-            errors[stage] = (exact, rounded)
+                means[name] = sum(both) / groups.dp_size  # the float32 mean of the ranks' bf16 gradients
+            update = engine.optimizer.step
+
+            def compare_then_update(*args, **kwargs):  # step() has reduced; the optimizer is about to read
+                exact = rounded = 0.0  # off the float32 mean, off its one bf16 rounding (of the largest entry)
+                for name, p in engine.module.named_parameters():
+                    mean = means[name]
+                    got, scale = safe_get_full_grad(p).float(), mean.abs().max()
+                    exact = max(exact, float((got - mean).abs().max() / scale))
+                    rounded = max(rounded, float((got - mean.bfloat16().float()).abs().max() / scale))
+                errors[stage] = (exact, rounded)
+                return update(*args, **kwargs)
+
+            engine.optimizer.step = compare_then_update
             engine.step()
         if groups.dp_rank == 0:
             torch.save(errors, result_file)

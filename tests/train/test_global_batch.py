@@ -29,21 +29,25 @@ def _worker(shards, out, mode, results):
     try:
         trainer = Trainer(_cfg(shards, out, mode), groups)
         seen, grads = [], {}
-        fetch, step = trainer.loader.__next__, trainer.engine.step
+        fetch, step = trainer.loader.next_step, trainer.engine.step
 
         def recording_next():
-            batch = fetch()
-            seen.append({k: v.clone() for k, v in batch.items()})
-            return batch
+            micro = fetch()
+            seen.extend({k: v.clone() for k, v in batch.items()} for batch in micro)
+            return micro
 
-        def recording_step():  # at the boundary the gradients are reduced and not yet applied
-            if trainer.engine.is_gradient_accumulation_boundary():
+        def recording_step():  # reduces, then updates: the reduced gradients are read when the optimizer steps
+            opt_step = trainer.engine.optimizer.step
+
+            def reading_step(*args, **kwargs):
                 grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()})
+                return opt_step(*args, **kwargs)
+
+            trainer.engine.optimizer.step = reading_step
             return step()
 
-        trainer.loader.__next__ = recording_next
+        trainer.loader.next_step = recording_next
         trainer.engine.step = recording_step
-        type(trainer.loader).__next__ = lambda self: self.__dict__["__next__"]()
         stats = trainer.train_step()
         everyone = [None] * groups.dp_size
         dist.all_gather_object(everyone, seen)
