@@ -336,10 +336,10 @@ class Trainer:
                 f"checkpoint {tag}: writing {folder} failed ({why}); "
                 + (f"{latest} still names {kept}, which a restart resumes from" if kept else "no checkpoint was kept yet")
             ) from None
+        if self.is_main:  # before `latest` moves: a run resumed from this tag on a new node continues these metrics
+            self._publish_telemetry()
         publish_checkpoint(self.storage, self.ckpt_dir, self.mirror, tag, self.cfg.train.keep_checkpoints,
                            self.is_main, self.node_main)
-        if self.is_main:
-            self._publish_telemetry()
         log.info("checkpoint %s saved%s", tag, f" and mirrored to {self.mirror}" if self.mirror else "")
 
     def _publish_telemetry(self) -> None:
