@@ -1,10 +1,11 @@
 """A simulated two-node cluster: two Ray nodes on 127.0.0.1 (`ray start --head`, `ray start
 --address`), each with its own Ray temp dir, scratch disk (LOONG_CACHE_DIR) and compiled-ops
-cache; the shards and the run folder live only on the S3 test server. A run is submitted with
-`ray job submit ... --num-workers 2` (one Ray Train worker per node, gloo, DeepSpeed inside each).
-The second node's worker is killed once the run has published a checkpoint; the same command
-again resumes from S3 on both nodes and ends with the losses of two local ranks started by
-`--nproc 2` and never interrupted: same ranks, same batches, same arithmetic."""
+cache; the shards and run folders live only on the S3 test server. Stage 1, then stage 2, are
+submitted with `ray job submit ... --num-workers 2` (one Ray Train worker per node, gloo,
+DeepSpeed inside each). The second node's worker is killed once stage 2 has published a
+checkpoint; the same command again resumes from S3 on both nodes and ends with the losses of two
+local ranks started by `--nproc 2` from the same stage-1 export and never interrupted: same
+ranks, same batches, same arithmetic."""
 
 import json
 import os
@@ -23,9 +24,14 @@ COMMON = ["model.size=tiny", "model.max_seq_len=512", "parallel.precision=fp32",
           "loss.mode=frame_groups", "loss.boundaries=[1,3]", "loss.weights=[2.0,1.0,0.5]"]
 
 
-def _train(shards, out, launch):
-    return ["-m", "jobs.train", "--shards", shards, "--out", out, *launch, *COMMON, "optim.steps=6",
-            "train.save_every=3"]
+def _stage1(shards, out, launch):
+    return ["-m", "jobs.train", "--shards", shards, "--out", out, *launch, *COMMON, "optim.steps=2",
+            "train.save_every=0"]
+
+
+def _stage2(shards, out, init, launch):
+    return ["-m", "jobs.train", "--shards", shards, "--out", out, *launch, *COMMON, f"train.init_from={init}",
+            "optim.steps=6", "train.save_every=3"]
 
 
 def _submit(ray_bin, dashboard, env, args):
@@ -51,10 +57,15 @@ def test_two_nodes_train_from_s3_and_resume_after_losing_a_worker(tmp_path, s3_b
         (own / "ops").mkdir(exist_ok=True)
         # (not TMPDIR: Ray's agents put sockets under it, and a pytest tmp path is too long for one)
         nodes.append({"LOONG_CACHE_DIR": str(own / "cache"), "TORCH_EXTENSIONS_DIR": str(own / "ops")})
-    run = f"{s3_bucket}/runs/two-nodes"
+    stage1, run = f"{s3_bucket}/runs/stage1", f"{s3_bucket}/runs/stage2"
     launch = ["--num-workers", "2", "parallel.ray_placement=SPREAD"]  # one worker per node
     with ray_two_nodes("nodes", nodes, num_cpus=2) as (env, ray_bin, dashboard, temps):
-        command = _submit(ray_bin, dashboard, env, _train(shards, run, launch))
+        r = subprocess.run(_submit(ray_bin, dashboard, env, _stage1(shards, stage1, launch)), cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=1200)
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+        assert s3_storage.exists(f"{stage1}/model.safetensors") and s3_storage.exists(f"{stage1}/config.yaml")
+
+        command = _submit(ray_bin, dashboard, env, _stage2(shards, run, stage1, launch))
         job = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline, killed = time.monotonic() + 1200, []
         while time.monotonic() < deadline and job.poll() is None and not killed:
@@ -71,14 +82,14 @@ def test_two_nodes_train_from_s3_and_resume_after_losing_a_worker(tmp_path, s3_b
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
         assert "resumed from" in r.stdout + r.stderr
 
-    # the reference: two local ranks, never interrupted
+    # the reference: two local ranks, never interrupted, from the same stage-1 export
     ref = tmp_path / "ref"
-    subprocess.run([sys.executable, *_train(shards, str(ref), ["--nproc", "2"])], cwd=ROOT,
+    subprocess.run([sys.executable, *_stage2(shards, str(ref), stage1, ["--nproc", "2"])], cwd=ROOT,
                    env={**os.environ}, check=True, capture_output=True, timeout=1200)
     resumed = _losses(s3_storage.read_text(f"{run}/metrics.jsonl"))
     assert lost_at in ("step00000003", "step00000006") and len(resumed) == 6
     assert resumed == _losses((ref / "metrics.jsonl").read_text())
     assert not any(p.name.startswith("s3:") for p in tmp_path.rglob("*"))
     for i in range(2):  # each node kept its own copy of the run in its own scratch
-        assert list((tmp_path / f"node{i}" / "cache" / "scratch").glob("*runs-two-nodes*"))
+        assert list((tmp_path / f"node{i}" / "cache" / "scratch").glob("*runs-stage2*"))
     assert s3_storage.exists(f"{run}/model.safetensors") and s3_storage.exists(f"{run}/frame_loss.png")
