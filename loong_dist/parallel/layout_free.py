@@ -2,8 +2,8 @@
 tensors, written sharded by every rank with torch.distributed.checkpoint (DCP) and read back on
 any (TP, DP, ZeRO stage) layout, on the same or another number of processes.
 
-    write_state(folder, engine, model, groups)            # a collective: every rank writes its share
-    adam_step = read_state(folder, engine, model, groups)  # a collective, on any layout
+    write_state(folder, engine, model, groups)          # a collective: every rank writes its share
+    read_state(folder, engine, model, groups, step)     # a collective, on any layout; Adam at `step`
 
 Names and shapes are the single-device model's (TP=1, DP=1):
 
@@ -290,19 +290,4 @@ def read_state(folder: Path, engine, model: nn.Module, groups: ParallelGroups, s
             lp.data.copy_(hp.data)
 
 
-def read_full_weights(folder: Path) -> dict[str, Tensor]:
-    """The single-device fp32 weights of a layout-free state, in one process (no process group):
-    what an export or an offline tool reads. Fused weights come back fused ([gate; up])."""
-    import torch.distributed.checkpoint as dcp
-
-    shapes = {k: v for k, v in stored_shapes(folder).items() if k.startswith("model.")}
-    state = {k: torch.empty(v, dtype=torch.float32) for k, v in shapes.items()}
-    dcp.load(state, storage_reader=dcp.FileSystemReader(str(folder)), no_dist=True)
-    out: dict[str, list[tuple[int, Tensor]]] = {}
-    for name, t in state.items():
-        key, _, part = name[len("model."):].partition("#")
-        out.setdefault(key, []).append((int(part or 0), t))
-    return {k: torch.cat([t for _, t in sorted(v)], 0) if len(v) > 1 else v[0][1] for k, v in out.items()}
-
-
-__all__ = ["adam_step", "entries", "read_full_weights", "read_state", "stored_shapes", "write_state"]
+__all__ = ["adam_step", "entries", "read_state", "stored_shapes", "write_state"]
