@@ -86,6 +86,12 @@ def entries(model: nn.Module, groups: ParallelGroups) -> list[Entry]:
     return out
 
 
+_MESH: list = []
+"""[(default process group, tp, dp, device type), mesh] of the last mesh built: building one is a
+collective that makes a process group per mesh dimension, so a run builds it once. Holding the
+group object keeps a later default group (a test's next launch) from being mistaken for it."""
+
+
 def _mesh(groups: ParallelGroups):
     """A (tp, dp) device mesh over the megatron layout: TP groups are runs of consecutive ranks."""
     from torch.distributed.device_mesh import DeviceMesh
@@ -94,8 +100,11 @@ def _mesh(groups: ParallelGroups):
     if dist.get_rank() != groups.dp_rank * tp + groups.tp_rank:
         raise RuntimeError(f"rank {dist.get_rank()} is not dp_rank x tp + tp_rank ({groups.dp_rank} x {tp} + "
                            f"{groups.tp_rank}): the mesh assumes megatron's layout")
-    ranks = torch.arange(tp * dp).reshape(dp, tp).T.contiguous()  # mesh[t][d] = d * tp + t
-    return DeviceMesh(groups.device.type, ranks, mesh_dim_names=("tp", "dp"))
+    key = (dist.distributed_c10d._get_default_group(), tp, dp, groups.device.type)
+    if not _MESH or _MESH[0][0] is not key[0] or _MESH[0][1:] != key[1:]:
+        ranks = torch.arange(tp * dp).reshape(dp, tp).T.contiguous()  # mesh[t][d] = d * tp + t
+        _MESH[:] = [key, DeviceMesh(groups.device.type, ranks, mesh_dim_names=("tp", "dp"))]
+    return _MESH[1]
 
 
 def _global_shape(local: tuple[int, ...], dim: int | None, tp: int) -> tuple[int, ...]:
@@ -185,9 +194,16 @@ def _materialise_optimizer_state(engine, step: int) -> None:
     """Give Adam a state for every tensor it updates (it makes them lazily, at its first step),
     with `step` steps taken, and (re)link DeepSpeed's parameter fragments to it."""
     base = _base_optimizer(engine)
-    for group in base.param_groups:
+    opt = engine.optimizer
+    # ZeRO-3 puts each fp32 flat partition into its param group only for the duration of its step
+    flats = getattr(opt, "fp32_partitioned_groups_flat", None)
+    by_group = [list(g["params"]) for g in base.param_groups]
+    if flats is not None:
+        for sub_group, flat in enumerate(flats):
+            by_group[opt.sub_group_to_group_id[sub_group]].append(flat)
+    for group, tensors in zip(base.param_groups, by_group):
         fused = bool(group.get("fused")) or bool(group.get("capturable"))
-        for p in group["params"]:
+        for p in tensors:
             state = base.state[p]
             for kind in MOMENTS:
                 if kind not in state:
@@ -199,7 +215,6 @@ def _materialise_optimizer_state(engine, step: int) -> None:
                                  else torch.tensor(float(step), dtype=torch.float32))
         if "step" in group:  # DeepSpeed's FusedAdam counts per group
             group["step"] = step
-    opt = engine.optimizer
     if hasattr(opt, "_lazy_init_hp_params_optimizer_state"):  # ZeRO 1-2 and bf16: link fragments to the state
         opt._hp_optimizer_states_linked = False
         opt._lazy_init_hp_params_optimizer_state()

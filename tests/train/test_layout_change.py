@@ -12,6 +12,8 @@ to 1e-5 relative:
     TP=1 x DP=2 (ZeRO-2) -> TP=2 x DP=1 (ZeRO-1)
     TP=1 x DP=2 (ZeRO-2) -> one rank (ZeRO-0), in two legs: train.exit_interval=3 stops it after
                             step 3 with a checkpoint, and the same config continues to step 4
+    TP=2 x DP=1 (ZeRO-1) -> DP=2 at ZeRO-3 for step 3 (its partitioned parameters read and
+                            written) -> one rank (ZeRO-0) for step 4
 
 A resume whose config changes the global batch is refused with one line.
 """
@@ -37,6 +39,7 @@ from tests.data.test_shards_and_loader import make_samples, write_shards
 LAYOUTS = {"tp1dp2": (2, ["parallel.tp=1", "parallel.zero_stage=2"]),
            "tp2dp1": (2, ["parallel.tp=2", "parallel.zero_stage=1"]),
            "dp1": (1, ["parallel.tp=1", "parallel.zero_stage=0"])}
+ZERO3 = {"tp1dp2z3": (2, ["parallel.tp=1", "parallel.zero_stage=3"])}
 
 
 def _cfg(shards, out, extra):
@@ -64,7 +67,7 @@ def _worker(shards, out, extra):
 
 
 def _run(shards, out, layout, *extra):
-    n, overrides = LAYOUTS[layout]
+    n, overrides = {**LAYOUTS, **ZERO3}[layout]
     launch_local(_worker, n, str(shards), str(out), [*overrides, *extra])
 
 
@@ -133,3 +136,14 @@ def test_two_ranks_to_one_stops_at_exit_interval_and_refuses_another_batch(refer
     assert (run / "checkpoints" / "latest").read_text() == "step00000003"
     _run(root / "shards", run, "dp1", "train.exit_interval=3")
     _close(_losses(run), losses["dp1"])
+
+
+def test_zero3_reads_and_writes_the_layout_free_state(references, tmp_path):
+    root, losses = references
+    run = tmp_path / "run"
+    _convert_step2(root / "tp2dp1", run)
+    _run(root / "shards", run, "tp1dp2z3", "train.exit_interval=3")  # ZeRO-3 takes over at step 3
+    assert _losses(run)[3] == pytest.approx(losses["tp1dp2"][3], rel=1e-5)
+    _run(root / "shards", run, "dp1")  # and its checkpoint of step 3 goes on on one rank
+    assert sorted(_losses(run)) == [3, 4]
+    assert _losses(run)[4] == pytest.approx(losses["dp1"][4], rel=1e-5)
