@@ -42,36 +42,32 @@ def _check_outputs(out: Path, shards_index: dict):
     assert summary["training"]["stage2"]["frame_loss"] and summary["generation"]["generate"]["videos"] == len(videos)
 
 
-def test_quickstart_runs_steps_and_skips_them_on_rerun(tmp_path, sample_videos):
+def test_quickstart_on_s3_skips_finished_steps_on_rerun(tmp_path, sample_videos, s3_env, s3_bucket):
+    """The demo's chain with --s3 (shards written to and trained from the S3 server on 127.0.0.1),
+    then the same command twice: everything skipped, then only the step whose .done was lost."""
+    import boto3
+
     out = tmp_path / "demo"
-    first = run("--out", str(out), "--shipped-seconds", "0", *SMALL)
+    cmd = ["--out", str(out), "--s3", f"{s3_bucket}/demo", "--shipped-seconds", "0", *SMALL]  # s3_env is in our env
+    first = run(*cmd)
     assert first.returncode == 0, first.stderr[-3000:]
-    _check_outputs(out, json.loads((out / "shards" / "index.json").read_text()))
+    assert not (out / "shards" / "index.json").exists()
+    s3 = boto3.client("s3", endpoint_url=s3_env)
+    index = json.loads(s3.get_object(Bucket=s3_bucket[len("s3://"):], Key="demo/shards/index.json")["Body"].read())
+    _check_outputs(out, index)
     assert len(read_manifest(str(out / "synthetic" / "manifest.jsonl"))[0]) == 12
     tok = TextTokenizer.load(str(out / "text_tokenizer" / "text.model"))
     assert tok.decode(tok.encode("a small red circle")) == "a small red circle"
 
     model_bytes = (out / "text_tokenizer" / "text.model").read_bytes()
-    second = run("--out", str(out), "--shipped-seconds", "0", *SMALL)
+    second = run(*cmd)
     assert second.returncode == 0
     assert second.stderr.count("done before, skipped") == len(STEPS)
     assert (out / "text_tokenizer" / "text.model").read_bytes() == model_bytes
 
     (out / "stage3" / ".done").unlink()  # as if the run had been killed during stage 3
-    third = run("--out", str(out), "--shipped-seconds", "0", *SMALL)
+    third = run(*cmd)
     assert third.returncode == 0 and third.stderr.count("done before, skipped") == len(STEPS) - 1
-
-
-def test_quickstart_on_s3(tmp_path, sample_videos, s3_env, s3_bucket):
-    """--s3: the shards are written to and trained from the S3 server on 127.0.0.1."""
-    import boto3
-
-    out = tmp_path / "demo"
-    proc = run("--out", str(out), "--s3", f"{s3_bucket}/demo", "--shipped-seconds", "0", *SMALL)  # s3_env is in this process's environment
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not (out / "shards" / "index.json").exists()
-    s3 = boto3.client("s3", endpoint_url=s3_env)
-    index = json.loads(s3.get_object(Bucket=s3_bucket[len("s3://"):], Key="demo/shards/index.json")["Body"].read())
     _check_outputs(out, index)
 
 
