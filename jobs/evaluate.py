@@ -9,6 +9,18 @@ side-by-side GIF (original | reconstruction) per clip in DIR/tokenizer_eval/, an
 DIR/reconstructions.png: the first and last frame of one clip per video, original beside
 reconstruction.
 
+    python -m jobs.evaluate upscaler --checkpoint C --manifest M --out DIR [--tokenizer T] [--clips N]
+        [--frames 17] [--size 512]
+
+upscaler: one clip per manifest entry (up to --clips, taking the sources in turn), its real frames
+at --size px (or the largest multiple of 32 its source holds, so a target is never upsampled),
+shrunk 4x: (a) clean, and (b) through the video tokenizer (the upscaler's own, recorded in its
+file, unless --tokenizer). Each input is upscaled by the upscaler and by bicubic, both scored
+against the real frames in this run: PSNR, SSIM and flicker (how far frame-to-frame changes are
+from the real ones, in 8-bit levels); DIR/upscaler_eval.json, a side-by-side GIF per clip and
+input (bicubic | ours | original) in DIR/upscaler_eval/, and DIR/side_by_side.png (middle frames,
+one row per clip, tokenizer input; side_by_side_clean.png for clean input).
+
     python -m jobs.evaluate generation --videos video.json --out DIR [--tokenizer T] [--window-s 10]
 
 generation: the videos listed in a jobs.generate JSON, cut into windows of --window-s seconds;
@@ -92,6 +104,67 @@ def write_reconstructions(path: Path, clips, recon, videos: list[str], rows: int
     Image.fromarray(np.concatenate(lines, axis=0)).save(path)
 
 
+def evaluate_upscaler(argv: list[str]) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from loong_dist.data.upscaler_pairs import held_out_pairs
+    from loong_dist.evaluation.upscaler_quality import evaluate_pairs, side_by_side, stack_rows
+    from loong_dist.models.tokenizer import load_tokenizer
+    from loong_dist.models.upscaler import load_upscaler, upscaler_extra
+
+    aliases = {"--checkpoint": "upscaler.path", "--manifest": "data.manifest", "--out": "run.out_dir",
+               "--tokenizer": "tokenizer.path"}
+    parser = job_parser("python -m jobs.evaluate upscaler", "Upscaler PSNR/SSIM/flicker against bicubic.", aliases,
+                        sections=("upscaler", "tokenizer", "data", "run"))
+    parser.add_argument("--clips", type=int, default=15, help="clips at most (one per entry, sources in turn)")
+    parser.add_argument("--frames", type=int, default=17, help="frames per clip (1 + 4k, for the tokenizer)")
+    parser.add_argument("--size", type=int, default=512, help="side of the real frames (px, a multiple of 32)")
+    args = parser.parse_intermixed_args(argv)
+    cfg = resolve_config(args, aliases)
+    for key, value, flag in (("upscaler.path", cfg.upscaler.path, "--checkpoint"),
+                             ("data.manifest", cfg.data.manifest, "--manifest")):
+        if not value:
+            raise ConfigError(f"config: {key} is empty: pass {flag}")
+    if args.size < 32 or args.size % 32:
+        raise ConfigError(f"--size {args.size}: must be a positive multiple of 32 (inputs of size / 4, multiples of 8)")
+    storage = Storage(cfg.storage)
+    up_path = local_input(cfg.upscaler.path, storage)
+    upscaler = load_upscaler(up_path)
+    tok_path = cfg.tokenizer.path or upscaler_extra(up_path).get("tokenizer", "")
+    if not tok_path:
+        raise ConfigError(f"{cfg.upscaler.path}: names no video tokenizer: pass --tokenizer T")
+    tok = load_tokenizer(local_input(tok_path, storage))
+    tok.latent_shape(args.frames, 8, 8)  # a clip length the tokenizer takes, or one line naming it
+    entries, _ = read_manifest(cfg.data.manifest, storage)
+    pairs = held_out_pairs(entries, args.clips, args.frames, cfg.data.fps, args.size, cfg.run.seed, tok, storage)
+    result = evaluate_pairs(upscaler, pairs, cfg.upscaler.chunk_frames)
+    outputs = result.pop("outputs")
+    out = RunFolder(cfg.run.out_dir, storage)  # written here, published when it is an s3:// prefix
+    for kind, suffix in (("tokenizer", ""), ("clean", "_clean")):
+        rows = []
+        for i, pair in enumerate(pairs):
+            video = side_by_side(outputs["bicubic"][kind][i], outputs["ours"][kind][i], pair["hr"])
+            name = f"upscaler_eval/clip_{i:03d}{suffix}.gif"
+            write_gif(out.path(name), video, fps=cfg.data.fps)
+            result["per_clip"][i][kind]["gif"] = str(out.path(name)) if not out.remote else out.uri_of(name)
+            rows.append(video[len(video) // 2])
+        Image.fromarray(stack_rows(rows)).save(out.path(f"side_by_side{suffix}.png"))
+        out.publish(f"side_by_side{suffix}.png")
+    out.publish("upscaler_eval")
+    report = {"checkpoint": cfg.upscaler.path, "video_tokenizer": tok_path, "manifest": cfg.data.manifest,
+              "clips": len(pairs), "frames": args.frames, "size": args.size, "fps": cfg.data.fps,
+              "scale": upscaler.scale, "parameters": sum(p.numel() for p in upscaler.parameters()), **result}
+    out.write_text("upscaler_eval.json", json.dumps(report, indent=2) + "\n")
+    for kind in ("clean", "tokenizer"):
+        r = report[kind]
+        log.info("upscaler, %s input: PSNR %.2f dB (bicubic %.2f, %+.2f), SSIM %.3f (%.3f), flicker %.2f (%.2f)",
+                 kind, r["psnr"], r["bicubic_psnr"], r["psnr_gain"], r["ssim"], r["bicubic_ssim"], r["flicker"],
+                 r["bicubic_flicker"])
+    log.info("%d clips -> %s", len(pairs), out.uri_of("upscaler_eval.json"))
+    return 0
+
+
 def evaluate_generation(argv: list[str]) -> int:
     from loong_dist.evaluation.generation_quality import alignment, drift, summarise
     from loong_dist.inference.generate import pixel_frames
@@ -140,7 +213,7 @@ def evaluate_generation(argv: list[str]) -> int:
     return 0
 
 
-TARGETS = {"tokenizer": evaluate_tokenizer, "generation": evaluate_generation}
+TARGETS = {"tokenizer": evaluate_tokenizer, "upscaler": evaluate_upscaler, "generation": evaluate_generation}
 
 
 def main(argv: list[str] | None = None) -> int:

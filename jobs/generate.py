@@ -15,6 +15,11 @@ that do not, and when given they must be the model's own (checked by hash). Samp
 generation). Prompts are generated `generate.batch_size` at a time. For one prompt, --out X.mp4
 receives X.mp4, X.gif, X.png (a strip of frames) and X.json (settings, timings); for several,
 X_000.mp4, X_001.mp4, ... and the one X.json listing them all (with the resolved config).
+
+`--upscaler U` (generate.upscaler) also writes each video 4x larger with the video upscaler
+(jobs.train_upscaler): X_x4.mp4 (512x512 from 128x128) and its strip X_x4.png, upscaled
+`upscaler.chunk_frames` frames at a time straight into the encoder (loong_dist/inference/upscale.py),
+so a 60 s video takes no more memory than a short one.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from loong_dist.config import config_to_dict
 from loong_dist.errors import ConfigError, UserError
 
 ALIASES = {"--tokenizer": "tokenizer.path", "--text-tokenizer": "text.path", "--seconds": "generate.seconds",
-           "--seed": "run.seed"}
+           "--seed": "run.seed", "--upscaler": "generate.upscaler"}
 
 
 def read_prompts(path: str, storage=None) -> list[dict]:
@@ -60,11 +65,14 @@ def read_prompts(path: str, storage=None) -> list[dict]:
     return prompts
 
 
-def output_paths(out: str, index: int, count: int) -> dict[str, str]:
+def output_paths(out: str, index: int, count: int, upscaled: bool = False) -> dict[str, str]:
     stem = out[:-4] if out.endswith(".mp4") else out
     if count > 1:
         stem = f"{stem}_{index:03d}"
-    return {ext: f"{stem}.{ext}" for ext in ("mp4", "gif", "png")}
+    paths = {ext: f"{stem}.{ext}" for ext in ("mp4", "gif", "png")}
+    if upscaled:  # the 4x video and its strip, beside the generated ones
+        paths.update(mp4_x4=f"{stem}_x4.mp4", png_x4=f"{stem}_x4.png")
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     from loong_dist.io.storage import Storage, is_s3, parent
     from loong_dist.inference.carried import text_tokenizer as carried_text_tokenizer
     from loong_dist.inference.generate import VideoGenerator, check_prompt
+    from loong_dist.inference.upscale import write_upscaled
     from loong_dist.io.video import frame_strip, write_gif, write_mp4
     from loong_dist.models.ar.checkpoint import check_vocab, load_model, read_model_meta
     from loong_dist.models.tokenizer import load_tokenizer
+    from loong_dist.models.upscaler import load_upscaler
     from loong_dist.precision import resolve_precision
 
     parser = job_parser("python -m jobs.generate", __doc__.splitlines()[0], ALIASES,
@@ -114,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     text_tok = carried_text_tokenizer(trained, cfg.text.path, args.checkpoint)
     video_tok_path = video_tokenizer_path(trained, cfg.tokenizer.path, args.checkpoint)
     video_tok = load_tokenizer(video_tok_path, device=device)
+    upscaler = load_upscaler(local_input(gen_cfg.upscaler, storage), device=device) if gen_cfg.upscaler else None
     model, layout = load_model(args.checkpoint, device=device, dtype=dtype)
     check_vocab(layout, video_tok.codebook_size, text_tok.vocab_size, args.checkpoint)
     if (text_tok.bos_id, text_tok.bov_id) != (layout.bos_id, layout.bov_id):
@@ -134,17 +145,24 @@ def main(argv: list[str] | None = None) -> int:
                                     progress=lambda s: log.info("%s: %.1f / %.1f s of video generated (%.0f s)",
                                                                 name, s, gen_cfg.seconds, time.perf_counter() - t0))
         for row, i in enumerate(batch):
-            frames, paths = result.frames[row], output_paths(args.out, i, len(prompts))
+            frames, paths = result.frames[row], output_paths(args.out, i, len(prompts), upscaler is not None)
             local = {k: folder.path(v.rstrip("/").rsplit("/", 1)[-1]) for k, v in paths.items()}
             local["mp4"].parent.mkdir(parents=True, exist_ok=True)
             write_mp4(local["mp4"], frames, fps=cfg.data.fps)
             write_gif(local["gif"], frames, fps=cfg.data.fps)
             Image.fromarray(frame_strip(frames, gen_cfg.strip_frames)).save(local["png"])
+            upscaled = {}
+            if upscaler is not None:
+                upscaled = write_upscaled(upscaler, frames, local["mp4_x4"], cfg.data.fps, cfg.upscaler.chunk_frames,
+                                          strip=local["png_x4"], strip_frames=gen_cfg.strip_frames)
+                log.info("%s: upscaled to %dx%d in %.1f s -> %s", name, *upscaled["size"], upscaled["upscale_s"],
+                         paths["mp4_x4"])
             for path in local.values():
                 folder.publish(path.name)
             videos.append({**prompts[i], **paths, "frames": int(frames.shape[0]), "seconds": frames.shape[0] / cfg.data.fps,
                            "seed": cfg.run.seed + start, "row": row,
-                           "timings": {k: round(float(v), 4) for k, v in result.timings.items()}})
+                           "timings": {k: round(float(v), 4) for k, v in result.timings.items()},
+                           **({"upscaled": upscaled} if upscaled else {})})
         log.info("%s: %d frames in %.1f s (%.0f tokens/s, %d windows) -> %s", name, result.frames.shape[1],
                  result.timings["total_s"], result.timings["tokens_per_s"], result.windows,
                  ", ".join(output_paths(args.out, i, len(prompts))["mp4"] for i in batch))

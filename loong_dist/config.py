@@ -577,6 +577,99 @@ class TokenizerTrainConfig:
 
 
 @dataclass
+class UpscalerConfig:
+    """The video upscaler (loong_dist.models.upscaler): 4x super-resolution by a recurrent cell run
+    once per frame at low resolution, seeing the previous, current and next frame, a carried hidden
+    state and its own previous output."""
+
+    path: str = ""
+    """Trained upscaler (.safetensors); written by jobs.train_upscaler. A loaded upscaler uses the
+    architecture saved inside it; the fields below shape a new one."""
+    channels: int = 64
+    """Feature channels of the cell's convs (all at the low resolution)."""
+    blocks: int = 5
+    """Residual blocks (two 3x3 convs each) per frame step."""
+    hidden_channels: int = 32
+    """Channels of the hidden state carried from one frame to the next."""
+    scale: int = 4
+    """Output pixels per input pixel along height and width; only 4."""
+    chunk_frames: int = 16
+    """Frames upscaled at a time by jobs (the state is carried across chunks, so the output does not
+    depend on it); bounds the float frames held: about chunk_frames x 4H x 4W x 3 x 8 bytes."""
+
+    def __post_init__(self):
+        _check(self.channels >= 1, "upscaler.channels", self.channels, "must be >= 1")
+        _check(self.blocks >= 0, "upscaler.blocks", self.blocks, "must be >= 0")
+        _check(self.hidden_channels >= 1, "upscaler.hidden_channels", self.hidden_channels, "must be >= 1")
+        _check(self.scale == 4, "upscaler.scale", self.scale, "only 4 is implemented")
+        _check(self.chunk_frames >= 1, "upscaler.chunk_frames", self.chunk_frames, "must be >= 1")
+
+
+@dataclass
+class UpscalerTrainConfig:
+    """jobs.train_upscaler: low-resolution inputs as generation makes them (the video tokenizer's
+    reconstruction, `tokenizer.path`, of each clip shrunk by the scale) against the real frames."""
+
+    manifests: list[str] = field(default_factory=list)
+    """Training manifests (paths or s3:// URIs); entries with split=held_out are never used."""
+    eval_manifest: str = ""
+    """Manifest whose held_out entries give the evaluation clips (empty: no evaluation during training)."""
+    clips: int = 128
+    """Training clips decoded once into the pair bank: real frames of hr_size and the tokenizer's
+    reconstruction of them shrunk by the scale (uint8, kept in the run folder)."""
+    frames: int = 17
+    """Frames per bank clip (1 + 4k: the tokenizer's clip length)."""
+    hr_size: int = 512
+    """Side of the real (target) frames in pixels; inputs are hr_size / scale (512: 128 px inputs,
+    the size the tokenizer and transformer work at). Held-out sources smaller than this are
+    evaluated at the largest multiple of 8 x scale that fits them, so a target is never upsampled."""
+    window: int = 8
+    """Frames per training sequence (the recurrence is unrolled and backpropagated over them),
+    a random stretch of a bank clip."""
+    crop: int = 32
+    """Side of the random low-resolution crop per training sequence (pixels; the target crop is
+    crop x scale). The model is fully convolutional: it trains on crops and runs on whole frames."""
+    clean_share: float = 0.2
+    """Share of training sequences whose input is the clean shrunk frames instead of the
+    tokenizer's reconstruction (the upscaler also serves real low-resolution video)."""
+    charbonnier_eps: float = 0.05
+    """Charbonnier loss sqrt(d^2 + eps^2) on pixels in [0, 1]: quadratic below eps, L1 above (no
+    perceptual loss: no pretrained network can be downloaded here). 0.05 (13 levels), not the usual
+    1e-3: starting from bicubic, a near-L1 loss gives every flat pixel's tiny residual the same vote
+    as an edge's and the model stayed at bicubic for the first 80 steps; 0.05 learned as fast as MSE."""
+    eval_clips: int = 6
+    """Held-out clips scored every eval_every steps (one per manifest entry, taking the sources in
+    turn), each from both inputs: clean and tokenizer-reconstructed."""
+    eval_frames: int = 9
+    """Frames per held-out clip (1 + 4k)."""
+    eval_every: int = 250
+    """Optimizer steps between held-out PSNR/SSIM evaluations (and preview files)."""
+    save_every: int = 50
+    """Optimizer steps between checkpoints (DeepSpeed state + exported safetensors)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept in the run folder; older ones are deleted."""
+
+    def __post_init__(self):
+        _check(self.clips >= 1, "upscaler_train.clips", self.clips, "must be >= 1")
+        _check(self.frames >= 1 and (self.frames - 1) % 4 == 0, "upscaler_train.frames", self.frames,
+               "must be 1 + 4k")
+        _check(self.hr_size >= 32 and self.hr_size % 32 == 0, "upscaler_train.hr_size", self.hr_size,
+               "must be a positive multiple of 32 (inputs of hr_size / 4, a multiple of 8)")
+        _check(1 <= self.window <= self.frames, "upscaler_train.window", self.window,
+               f"must be in [1, upscaler_train.frames={self.frames}]")
+        _check(self.crop >= 8 and self.crop % 8 == 0 and self.crop * 4 <= self.hr_size, "upscaler_train.crop",
+               self.crop, f"must be a multiple of 8 in [8, hr_size / 4 = {self.hr_size // 4}]")
+        _check(0 <= self.clean_share <= 1, "upscaler_train.clean_share", self.clean_share, "must be in [0, 1]")
+        _check(self.charbonnier_eps > 0, "upscaler_train.charbonnier_eps", self.charbonnier_eps, "must be > 0")
+        _check(self.eval_clips >= 0, "upscaler_train.eval_clips", self.eval_clips, "must be >= 0")
+        _check(self.eval_frames >= 1 and (self.eval_frames - 1) % 4 == 0, "upscaler_train.eval_frames",
+               self.eval_frames, "must be 1 + 4k")
+        _check(self.eval_every >= 1, "upscaler_train.eval_every", self.eval_every, "must be >= 1")
+        _check(self.save_every >= 1, "upscaler_train.save_every", self.save_every, "must be >= 1")
+        _check(self.keep_checkpoints >= 1, "upscaler_train.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
+
+
+@dataclass
 class GenerateConfig:
     """jobs.generate: sampling and long-video extension (Loong). The frame rate and frame size
     come from `data.fps` and `data.size`; the longest prompt from `text.max_text_tokens`."""
@@ -613,6 +706,10 @@ class GenerateConfig:
     """torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1."""
     strip_frames: int = 8
     """Frames in the PNG strip written beside each video."""
+    upscaler: str = ""
+    """Video upscaler file (.safetensors, from jobs.train_upscaler): each video is also written 4x
+    larger (X_x4.mp4 beside X.mp4), upscaled `upscaler.chunk_frames` frames at a time and streamed
+    into the encoder, so memory stays flat however long the video. Empty: no upscaled video."""
 
     def __post_init__(self):
         _check(self.seconds > 0, "generate.seconds", self.seconds, "must be > 0")
@@ -660,6 +757,10 @@ class Config:
     """Video tokenizer training (jobs.train_tokenizer)."""
     pretokenize: PretokenizeConfig = field(default_factory=PretokenizeConfig)
     """Offline tokenization of a manifest into token shards on Ray (data_prep.pretokenize)."""
+    upscaler: UpscalerConfig = field(default_factory=UpscalerConfig)
+    """4x video super-resolution after decoding (loong_dist.models.upscaler)."""
+    upscaler_train: UpscalerTrainConfig = field(default_factory=UpscalerTrainConfig)
+    """Video upscaler training (jobs.train_upscaler)."""
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     """Sampling and long-video extension (jobs.generate)."""
 

@@ -4,7 +4,8 @@
 to `size` and centre-crops to a square: uint8 (T, size, size, 3), RGB. Frames are picked by
 presentation time (for each target time, the last source frame shown at or before it), so a
 24 fps source read at 8 fps takes every third frame and a 5 fps source read at 8 fps repeats
-frames, as a player would show them. `write_mp4` and `write_gif` write uint8 (T, H, W, 3).
+frames, as a player would show them. `write_mp4` and `write_gif` write uint8 (T, H, W, 3);
+`Mp4Writer` writes an mp4 a few frames at a time (long videos, bounded memory).
 
 Every failure to read raises `VideoError` naming the file.
 """
@@ -168,32 +169,68 @@ def read_clip(source: VideoSource, start: float = 0.0, num_frames: int = 17, fps
     return np.stack(out[:num_frames])
 
 
+class Mp4Writer:
+    """H.264 mp4 (yuv420p) written a few frames at a time, so a long video never has to be in
+    memory whole; the file appears under its name only when closed without error.
+
+        with Mp4Writer("out.mp4", fps=8) as mp4:
+            for piece in pieces:          # uint8 (n, H, W, 3), the same H and W each time
+                mp4.write(piece)
+
+    Odd sizes are padded to even (the last row or column repeated)."""
+
+    def __init__(self, path: str | os.PathLike, fps: float = 8.0, crf: int = 18):
+        self.path = Path(path)
+        self.fps, self.crf = fps, crf
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.container = self.stream = None
+        self.shape: tuple[int, int] | None = None
+        self.frames = 0
+
+    def __enter__(self) -> Mp4Writer:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        return self
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append uint8 (n, H, W, 3) RGB frames (H, W as the first ones written)."""
+        frames = _check_frames(frames, self.path)
+        t, h, w, _ = frames.shape
+        if self.stream is None:
+            self.shape = (h, w)
+            self.stream = self.container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+            self.stream.width, self.stream.height = w + w % 2, h + h % 2
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.options = {"crf": str(self.crf), "preset": "medium"}
+        elif (h, w) != self.shape:
+            raise ValueError(f"{self.path}: frames of {h}x{w} after frames of {self.shape[0]}x{self.shape[1]}")
+        if h % 2 or w % 2:
+            frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        for img in frames:
+            for packet in self.stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                self.container.mux(packet)
+        self.frames += t
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None and self.stream is None:
+                raise ValueError(f"{self.path}: no frames written")
+            if exc_type is None:
+                for packet in self.stream.encode():
+                    self.container.mux(packet)
+            self.container.close()
+            if exc_type is None:
+                self.tmp.replace(self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0, crf: int = 18) -> Path:
     """Write uint8 (T, H, W, 3) RGB as H.264 mp4 (yuv420p; odd sizes are padded to even)."""
     frames = _check_frames(frames, path)
-    t, h, w, _ = frames.shape
-    pad_h, pad_w = h % 2, w % 2
-    if pad_h or pad_w:
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    rate = Fraction(fps).limit_denominator(1001)
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width, stream.height = w + pad_w, h + pad_h
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "medium"}
-            for img in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with Mp4Writer(path, fps=fps, crf=crf) as mp4:
+        mp4.write(frames)
+    return mp4.path
 
 
 def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -> Path:
