@@ -32,7 +32,8 @@ install: $(STAMP)
 # then DeepSpeed built against the torch already there, then this project (editable, no deps).
 $(STAMP): requirements.txt requirements-deepspeed.txt constraints.txt pyproject.toml
 	@if [ ! -x $(BIN)/python ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
-	@$(BIN)/python -c 'import sys; assert sys.version_info[:2] == (3, 11), f"loong-dist pins need Python 3.11, .venv has {sys.version.split()[0]}"'
+	@$(BIN)/python -c 'import sys; v = sys.version.split()[0]; \
+		assert sys.version_info[:2] == (3, 11), f"loong-dist pins need Python 3.11, .venv has {v}"'
 	$(BIN)/pip install $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -r requirements.txt -c constraints.txt
 	$(BIN)/pip install --no-build-isolation -r requirements-deepspeed.txt -c constraints.txt

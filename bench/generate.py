@@ -88,7 +88,8 @@ def main() -> None:
     p.add_argument("--tokenizer", default="", help="video tokenizer file (default: untrained, default architecture)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="transformer weights (generate.precision)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="transformer weights (generate.precision)")
     p.add_argument("--checkpoint", default="", help="a model exported by jobs.train (its tokenizer and settings too)")
     p.add_argument("--batch", type=int, default=1, help="prompts generated together in part 2")
     args = p.parse_args()
@@ -107,14 +108,18 @@ def main() -> None:
         model, layout = load_model(args.checkpoint, device=device, dtype=dtype)
         cfg, args.size = model.cfg, f"{args.checkpoint}"
     else:
-        tok = load_tokenizer(args.tokenizer, device) if args.tokenizer else VideoTokenizer(TokenizerConfig()).to(device).eval()
+        if args.tokenizer:
+            tok = load_tokenizer(args.tokenizer, device)
+        else:
+            tok = VideoTokenizer(TokenizerConfig()).to(device).eval()
         layout = VocabLayout(text_vocab_size=512, codebook_size=tok.codebook_size)
         cfg = ModelConfig(size=args.size, max_seq_len=4608)
         model = Transformer(cfg, layout.padded_vocab_size).to(device=device, dtype=dtype).eval()
     n_params = sum(p.numel() for p in model.parameters())
     per_frame = (args.image // 8) ** 2
     print(f"device {device}, torch threads {torch.get_num_threads()}, model {args.size} ({n_params / 1e6:.1f}M "
-          f"parameters, vocab {layout.padded_vocab_size}, {args.precision}), {args.image} px -> {per_frame} tokens per latent frame")
+          f"parameters, vocab {layout.padded_vocab_size}, {args.precision}), "
+          f"{args.image} px -> {per_frame} tokens per latent frame")
 
     g = torch.Generator().manual_seed(1)
     text = torch.randint(6, 512, (1, 16), generator=g)

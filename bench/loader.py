@@ -99,7 +99,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--codebook", type=int, default=None, help="video codes; default: the product of tokenizer.fsq_levels")
+    p.add_argument("--codebook", type=int, default=None,
+                   help="video codes; default: the product of tokenizer.fsq_levels")
     p.add_argument("--endpoint", default=None, help="S3 endpoint; default: a moto server on 127.0.0.1")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     args = p.parse_args()
@@ -113,7 +114,8 @@ def main() -> None:
         server.start()
         host, port = server.get_host_and_port()
         args.endpoint = f"http://{host}:{port}"
-        for k, v in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        fake = (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"), ("AWS_DEFAULT_REGION", "us-east-1"))
+        for k, v in fake:
             os.environ.setdefault(k, v)
     os.environ["AWS_ENDPOINT_URL"] = args.endpoint
     try:
@@ -125,8 +127,9 @@ def main() -> None:
         storage, folder = Storage(cfg.storage), f"s3://{bucket}/shards"
         t0 = time.perf_counter()
         # The clip lengths whose sequences (video + the longest caption + specials) fit the model.
+        per_frame = (cfg.data.size // 8) ** 2
         frames = [t for t in cfg.data.frames
-                  if (1 + (t - 1) // 4) * (cfg.data.size // 8) ** 2 + cfg.text.max_text_tokens + 3 <= cfg.model.max_seq_len]
+                  if (1 + (t - 1) // 4) * per_frame + cfg.text.max_text_tokens + 3 <= cfg.model.max_seq_len]
         write_demo_shards(storage, folder, args.samples, cfg.data.size, frames, args.codebook, cfg.text.vocab_size)
         write_s = time.perf_counter() - t0
         index = ShardIndex.load(folder, storage)

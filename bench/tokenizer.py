@@ -5,8 +5,9 @@ and the share of this machine's own dense-math rate that the model's convs reach
 
 References, measured in the same run:
 - peak: the best of a 2048^3 matmul and a 128-channel 3x3x3 conv (channels-last, oneDNN), per
-  dtype, measured before and after the model timings (the best of both). (On AMD CPUs torch's fp32 matmul goes through MKL's slower non-Intel path, so the conv
-  is the higher fp32 reference there.) The model's FLOPs are counted by a hook on every Conv3d
+  dtype, measured before and after the model timings (the best of both). (On AMD CPUs torch's
+  fp32 matmul goes through MKL's slower non-Intel path, so the conv is the higher fp32 reference
+  there.) The model's FLOPs are counted by a hook on every Conv3d
   (2 * output elements * in_channels * kernel volume); "share" = model conv FLOP/s / peak.
 - the encoder over the whole clip at once, as against chunk by chunk (what makes prefix ids
   exact): the price of exact causality.

@@ -74,15 +74,17 @@ def reference(cfg, vocab, device, dtype, compiled: bool = False):
 
     m = cfg.model
     hf = LlamaConfig(vocab_size=vocab, hidden_size=m.dim, intermediate_size=m.ffn_dim, num_hidden_layers=m.n_layers,
-                     num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads, max_position_embeddings=m.max_seq_len,
-                     rope_theta=m.rope_theta, rms_norm_eps=m.norm_eps, tie_word_embeddings=False)
+                     num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads,
+                     max_position_embeddings=m.max_seq_len, rope_theta=m.rope_theta, rms_norm_eps=m.norm_eps,
+                     tie_word_embeddings=False)
     hf._attn_implementation = "sdpa"
     torch.manual_seed(0)
     model = LlamaForCausalLM(hf).to(device)
     if compiled:
         for layer in model.model.layers:
             layer.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                            weight_decay=cfg.optim.weight_decay)
 
     def step(tokens, targets):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype == torch.bfloat16):
@@ -135,8 +137,9 @@ def main() -> None:
     groups = init_parallel(1)
     vocab = (args.vocab + 127) // 128 * 128
     stages = [int(z) for z in args.zero_stages.split(",")]
-    cfgs = {z: load_config(None, [f"model.size={args.size}", f"model.max_seq_len={args.seq}", f"parallel.zero_stage={z}",
-                                  f"parallel.precision={args.precision}", f"optim.micro_batch_size={args.batch}",
+    cfgs = {z: load_config(None, [f"model.size={args.size}", f"model.max_seq_len={args.seq}",
+                                  f"parallel.zero_stage={z}", f"parallel.precision={args.precision}",
+                                  f"optim.micro_batch_size={args.batch}",
                                   "optim.warmup_steps=0", f"optim.steps={args.steps + 10}",
                                   f"parallel.compile={str(args.compile).lower()}", f"model.attention={args.attention}"])
             for z in stages}
@@ -169,12 +172,13 @@ def main() -> None:
     for name in steps:
         t_ours = t[name] * args.steps
         ratios = "   ".join(f"{r_name} {t[r_name] / t[name]:.2f}x" for r_name in refs)
-        print(f"{'loong-dist step, ' + name + ':':40s}{tokens / t_ours:9.0f} tokens/s  {fpt * tokens / t_ours / 1e9:8.1f} GFLOP/s"
-              f"   MFU {fpt * tokens / t_ours / peak:.1%}   ratio against {ratios}")
+        print(f"{'loong-dist step, ' + name + ':':40s}{tokens / t_ours:9.0f} tokens/s  "
+              f"{fpt * tokens / t_ours / 1e9:8.1f} GFLOP/s   MFU {fpt * tokens / t_ours / peak:.1%}   "
+              f"ratio against {ratios}")
     for r_name in refs:
         t_ref = t[r_name] * args.steps
-        print(f"{r_name + ' (HF Llama + AdamW):':40s}{tokens / t_ref:9.0f} tokens/s  {fpt * tokens / t_ref / 1e9:8.1f} GFLOP/s"
-              f"   MFU {fpt * tokens / t_ref / peak:.1%}")
+        print(f"{r_name + ' (HF Llama + AdamW):':40s}{tokens / t_ref:9.0f} tokens/s  "
+              f"{fpt * tokens / t_ref / 1e9:8.1f} GFLOP/s   MFU {fpt * tokens / t_ref / peak:.1%}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ def find_video(tmp: Path) -> Path:
         return candidate
     t = np.arange(96)[:, None, None]
     y, x = np.mgrid[0:720, 0:1280]
-    frames = np.stack([((x[None] + 8 * t) % 256), ((y[None] + 4 * t) % 256), ((x[None] + y[None]) // 8 % 256 + 0 * t)], -1)
+    frames = np.stack([(x[None] + 8 * t) % 256, (y[None] + 4 * t) % 256,
+                       (x[None] + y[None]) // 8 % 256 + 0 * t], -1)
     return write_mp4(tmp / "gen720p.mp4", frames.astype(np.uint8), fps=24)
 
 

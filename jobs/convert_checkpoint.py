@@ -88,7 +88,8 @@ def convert(storage: Storage, src: str, dst: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.convert_checkpoint", description=__doc__.splitlines()[0])
-    parser.add_argument("--from", dest="src", required=True, help="run folder, checkpoints/ folder or checkpoint folder")
+    parser.add_argument("--from", dest="src", required=True,
+                        help="run folder, checkpoints/ folder or checkpoint folder")
     parser.add_argument("--to", dest="dst", required=True, help="run folder to resume from (local or s3://)")
     args = parser.parse_args(argv)
     convert(Storage(), args.src, args.dst)

@@ -59,9 +59,10 @@ def evaluate_tokenizer(argv: list[str]) -> int:
     parser.add_argument("--frames", type=int, default=17, help="frames per clip (1 + 4k)")
     args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
     cfg = resolve_config(args, ALIASES)
-    for key, value in (("tokenizer.path", cfg.tokenizer.path), ("data.manifest", cfg.data.manifest)):
+    for key, value, flag in (("tokenizer.path", cfg.tokenizer.path, "--checkpoint"),
+                             ("data.manifest", cfg.data.manifest, "--manifest")):
         if not value:
-            raise ConfigError(f"config: {key} is empty: pass --{'checkpoint' if key == 'tokenizer.path' else 'manifest'}")
+            raise ConfigError(f"config: {key} is empty: pass {flag}")
     storage = Storage(cfg.storage)
     tok = load_tokenizer(local_input(cfg.tokenizer.path, storage))
     tok.latent_shape(args.frames, cfg.data.size, cfg.data.size)

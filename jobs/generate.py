@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = []
     for i, p in enumerate(prompts):
         texts.append(text_tok.encode(p["prompt"], add_bos=True))
-        check_prompt(p["prompt"], texts[-1], cfg.text.max_text_tokens, f"prompt {i + 1}" if len(prompts) > 1 else "prompt")
+        check_prompt(p["prompt"], texts[-1], cfg.text.max_text_tokens,
+                     f"prompt {i + 1}" if len(prompts) > 1 else "prompt")
     generator = VideoGenerator(model, layout, video_tok, gen_cfg, fps=cfg.data.fps, size=cfg.data.size)
     generator.check_context(max(len(t) for t in texts))
 
@@ -159,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                          paths["mp4_x4"])
             for path in local.values():
                 folder.publish(path.name)
-            videos.append({**prompts[i], **paths, "frames": int(frames.shape[0]), "seconds": frames.shape[0] / cfg.data.fps,
-                           "seed": cfg.run.seed + start, "row": row,
+            videos.append({**prompts[i], **paths, "frames": int(frames.shape[0]),
+                           "seconds": frames.shape[0] / cfg.data.fps, "seed": cfg.run.seed + start, "row": row,
                            "timings": {k: round(float(v), 4) for k, v in result.timings.items()},
                            **({"upscaled": upscaled} if upscaled else {})})
         log.info("%s: %d frames in %.1f s (%.0f tokens/s, %d windows) -> %s", name, result.frames.shape[1],

@@ -21,7 +21,8 @@ from loong_dist.errors import UserError
 log = logging.getLogger("loong_dist")
 
 
-def job_parser(prog: str, description: str, aliases: dict[str, str], sections: Sequence[str] = ()) -> argparse.ArgumentParser:
+def job_parser(prog: str, description: str, aliases: dict[str, str],
+               sections: Sequence[str] = ()) -> argparse.ArgumentParser:
     """An argparse parser with --config, alias flags for config keys, and dot-list overrides."""
     epilog = ""
     if sections:
@@ -30,8 +31,8 @@ def job_parser(prog: str, description: str, aliases: dict[str, str], sections: S
         epilog = "config keys (set as key=value):\n" + "\n".join(rows)
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None,
-                        help=f"YAML config (may name a `base:`); default {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])}")
+    default = DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])
+    parser.add_argument("--config", default=None, help=f"YAML config (may name a `base:`); default {default}")
     for flag, key in aliases.items():
         parser.add_argument(flag, dest=_alias_dest(key), default=None, metavar="V", help=f"same as {key}=V")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")

@@ -366,7 +366,8 @@ class ParallelConfig:
     tp: int = 1
     """Tensor-parallel degree: ranks that split each layer (keep it within a node)."""
     zero_stage: int = 1
-    """DeepSpeed ZeRO stage: 0 none, 1 optimizer states, 2 + gradients, 3 + parameters, sharded over data-parallel ranks."""
+    """DeepSpeed ZeRO stage, sharded over data-parallel ranks: 0 none, 1 optimizer states, 2 + gradients,
+    3 + parameters."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """torch.distributed backend; auto: nccl with CUDA, gloo on CPU."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"

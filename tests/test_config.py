@@ -22,7 +22,8 @@ def test_base_chain_and_overrides(tmp_path):
     (tmp_path / "a.yaml").write_text(f"base: {DEFAULT_CONFIG}\ndata:\n  fps: 4\n  size: 64\nrun:\n  seed: 3\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\ndata:\n  size: 96\n")
-    cfg = load_config(tmp_path / "sub" / "b.yaml", ["run.seed=7", "data.frames=[1,5]", "storage.endpoint_url=http://x:1"])
+    cfg = load_config(tmp_path / "sub" / "b.yaml",
+                      ["run.seed=7", "data.frames=[1,5]", "storage.endpoint_url=http://x:1"])
     assert cfg.data.fps == 4.0 and isinstance(cfg.data.fps, float)  # from a.yaml, int coerced to float
     assert cfg.data.size == 96                                        # b.yaml wins over a.yaml
     assert cfg.run.seed == 7                                          # command line wins over files
@@ -72,7 +73,8 @@ def test_bad_files(tmp_path):
         load_config(bad_key)
     nested = tmp_path / "nested.yaml"
     nested.write_text("data:\n  sizee: 64\n")
-    with pytest.raises(ConfigError, match=r"nested.yaml: unknown config key 'data.sizee' \(did you mean 'data.size'\?\)"):
+    message = r"nested.yaml: unknown config key 'data.sizee' \(did you mean 'data.size'\?\)"
+    with pytest.raises(ConfigError, match=message):
         load_config(nested)
     loop = tmp_path / "loop.yaml"
     loop.write_text("base: loop.yaml\n")

@@ -95,7 +95,8 @@ class BucketedBatchSampler:
         self.epoch, self.position = 0, 0
         self._plan: list[tuple[int, np.ndarray]] | None = None
         if not self.epoch_plan(0):
-            what = f"train.global_batch_tokens={global_tokens}" if global_tokens else f"train.token_budget={token_budget}"
+            what = (f"train.global_batch_tokens={global_tokens}" if global_tokens
+                    else f"train.token_budget={token_budget}")
             raise BucketError(f"{what}: too few samples for one global batch of {dp_size} rank(s) in any bucket ("
                               + ", ".join(f"{b.latent_frames} latent frames: {b.size} samples, need "
                                           f"{b.global_batch}" for b in self.buckets.values())

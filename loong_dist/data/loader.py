@@ -103,7 +103,8 @@ class TokenLoader:
             self._next = self._fetch()
         _, futures, drop = self._next
         self._next = self._fetch()  # prefetch while this batch is collated and trained on
-        return [collate([f.result() for f in fs], self.layout, d) if fs else self._empty() for fs, d in zip(futures, drop)]
+        return [collate([f.result() for f in fs], self.layout, d) if fs else self._empty()
+                for fs, d in zip(futures, drop)]
 
     def __iter__(self):
         return self
@@ -138,8 +139,8 @@ class TokenLoader:
             batches += [mine[i:i + micro] for i in range(0, len(mine), micro)]
         mean_len = float(np.mean([sequence_length(r) for r in refs]))
         size = naive_batch_size or max(2, int(self.sampler.token_budget // mean_len))
-        return {"bucketed": padding_share(batches), "naive": padding_share(naive_batches(refs, size, self.sampler.seed)),
-                "naive_batch_size": size}
+        return {"bucketed": padding_share(batches),
+                "naive": padding_share(naive_batches(refs, size, self.sampler.seed)), "naive_batch_size": size}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

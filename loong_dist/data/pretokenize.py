@@ -456,7 +456,8 @@ def _run(cfg: Config, todo: list[ShardPlan], tokenizer_bytes: bytes, codebook_si
                     enc_inflight[ref] = (i, sum(len(w.clips) for w in windows))
                     refs.append((ref, i, encoders[i]))
                 if not pending:
-                    wref = write.remote(shard, out, storage.cfg, codebook_size, d.fps, d.size, crash, *[r for r, _, _ in refs])
+                    wref = write.remote(shard, out, storage.cfg, codebook_size, d.fps, d.size, crash,
+                                        *[r for r, _, _ in refs])
                     writes[wref] = (shard, cs, refs)
                     open_shard = None
             ready, _ = ray.wait(list(enc_inflight) + list(writes), num_returns=1, fetch_local=False)

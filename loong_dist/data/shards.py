@@ -99,14 +99,16 @@ class ShardWriter:
             raise ValueError(f"sample key {sample.key!r} must not contain '.' or '/'")
         video = np.asarray(sample.video)
         if video.ndim != 3 or not np.issubdtype(video.dtype, np.integer):
-            raise ValueError(f"{sample.key}: video ids must be an integer (F, h, w) array, got {video.dtype} {video.shape}")
+            raise ValueError(f"{sample.key}: video ids must be an integer (F, h, w) array, "
+                             f"got {video.dtype} {video.shape}")
         if video.size and (video.min() < 0 or video.max() >= self.codebook_size):
             raise ValueError(f"{sample.key}: video ids outside [0, {self.codebook_size})")
         f, h, w = video.shape
         ids, counts = np.unique(video, return_counts=True)
         for code, n in zip(ids.tolist(), counts.tolist()):
             self._counts[code] = self._counts.get(code, 0) + n
-        meta = dict(sample.meta, latent_shape=[f, h, w], video_tokens=int(video.size), text_tokens=int(len(sample.text)))
+        meta = dict(sample.meta, latent_shape=[f, h, w], video_tokens=int(video.size),
+                    text_tokens=int(len(sample.text)))
         payload = {
             "video.npy": _npy_bytes(video.astype(video_dtype(self.codebook_size))),
             "text.npy": _npy_bytes(np.asarray(sample.text, dtype=np.int32)),
@@ -321,7 +323,8 @@ class ShardReader:
         except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:
             raise ShardError(f"{uri}: sample {ref.key} is corrupt ({type(e).__name__})") from None
         if not np.issubdtype(video.dtype, np.integer) or video.ndim != 3:
-            raise ShardError(f"{uri}: sample {ref.key}: video ids must be integer (F, h, w), got {video.dtype} {video.shape}")
+            raise ShardError(f"{uri}: sample {ref.key}: video ids must be integer (F, h, w), "
+                             f"got {video.dtype} {video.shape}")
         if not np.issubdtype(text.dtype, np.integer) or text.ndim != 1:
             raise ShardError(f"{uri}: sample {ref.key}: text ids must be integer (L,), got {text.dtype} {text.shape}")
         # Ids beyond the vocabularies the index declares would index past the embedding table.

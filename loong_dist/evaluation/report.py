@@ -130,8 +130,8 @@ def tokenizer_section(root: Path, summary: dict) -> str:
            f"{report['perplexity']:.0f}.</p>"]
     per = report.get("per_clip", [])
     out.append(_table(["clip", "video", "start (s)", "PSNR", "SSIM", "ref PSNR"],
-                      [[i, Path(c.get("video", "")).name, c.get("start", ""), c["psnr"], c["ssim"], c.get("ref_psnr", "")]
-                       for i, c in enumerate(per)], left=2))
+                      [[i, Path(c.get("video", "")).name, c.get("start", ""), c["psnr"], c["ssim"],
+                        c.get("ref_psnr", "")] for i, c in enumerate(per)], left=2))
     figs = [_img(Path(c["gif"]), root, f"clip {i}: original | reconstruction, {c['psnr']:.2f} dB, SSIM {c['ssim']:.3f}")
             for i, c in enumerate(per) if c.get("gif") and Path(c["gif"]).exists()]
     out.append("<div>" + "".join(figs[:8]) + "</div>")
@@ -200,7 +200,7 @@ def training_section(root: Path, summary: dict, stages: list[str]) -> str:
         table.append([name, stats["steps"], stats["final_loss"], stats["tokens_per_s"] or "", seconds])
         out.append(f"<h3>{html.escape(name)}</h3><div>{''.join(figs)}</div>")
         if cfg_path.exists():
-            out.append(f"<details><summary>resolved config</summary><pre>{html.escape(cfg_path.read_text())}</pre></details>")
+            out.append(_details("resolved config", cfg_path.read_text()))
     if not table:
         return ""
     out.insert(1, _table(["run", "steps", "loss (last quarter)", "tokens/s", "train time (s)"], table))
@@ -295,9 +295,14 @@ def generation_section(root: Path, summary: dict) -> str:
 
 def configs_section(root: Path) -> str:
     out = ["<h2>Resolved configs</h2>"]
-    for path in sorted(root.glob("*/config.yaml")) + ([root / "config.yaml"] if (root / "config.yaml").exists() else []):
-        out.append(f"<details><summary>{_rel(path, root)}</summary><pre>{html.escape(path.read_text())}</pre></details>")
+    paths = sorted(root.glob("*/config.yaml")) + ([root / "config.yaml"] if (root / "config.yaml").exists() else [])
+    out += [_details(os.path.relpath(path.resolve(), root.resolve()), path.read_text()) for path in paths]
     return "\n".join(out)
+
+
+def _details(summary: str, text: str) -> str:
+    """A collapsed block: `summary` shown, `text` preformatted underneath (both HTML-escaped)."""
+    return f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>"
 
 
 def write_report(root: Path, title: str = "loong-dist run", command: str = "",

@@ -27,6 +27,5 @@ def evaluate_clips(model: VideoTokenizer, clips: np.ndarray, batch: int = 4) -> 
     per_clip = [{"psnr": psnr(c, r), "ssim": ssim(c, r), "ref_psnr": psnr(c, bilinear_reference(c))}
                 for c, r in zip(clips, recon)]
     usage = code_usage(torch.cat(ids), model.codebook_size)
-    return {"psnr": float(np.mean([p["psnr"] for p in per_clip])), "ssim": float(np.mean([p["ssim"] for p in per_clip])),
-            "ref_psnr": float(np.mean([p["ref_psnr"] for p in per_clip])), **usage, "per_clip": per_clip,
-            "recon": recon}
+    means = {k: float(np.mean([p[k] for p in per_clip])) for k in ("psnr", "ssim", "ref_psnr")}
+    return {**means, **usage, "per_clip": per_clip, "recon": recon}

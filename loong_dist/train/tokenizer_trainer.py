@@ -88,7 +88,8 @@ class TokenizerTrainer:
         if tt.eval_manifest and tt.eval_clips:
             held = [e for e in read_manifest(tt.eval_manifest, storage)[0] if e.extra.get("split") == "held_out"]
             self.eval_bank = load_or_build(self.out / "eval_bank.npy", lambda: build_clip_bank(
-                held, tt.eval_clips, tt.frames, cfg.data.fps, cfg.data.size, cfg.run.seed + 1, storage, "held-out clips"))
+                held, tt.eval_clips, tt.frames, cfg.data.fps, cfg.data.size, cfg.run.seed + 1, storage,
+                "held-out clips"))
         torch.manual_seed(cfg.run.seed)
         self.model = VideoTokenizer(cfg.tokenizer).to(groups.device)
         # fp32 weights and optimizer in DeepSpeed, convs under bf16 autocast: the tokenizer keeps its
@@ -111,8 +112,9 @@ class TokenizerTrainer:
     def batch(self) -> torch.Tensor:
         """This rank's clips for this step: float (b, 3, T, H, W) in [-1, 1] (`draw_clips`)."""
         tt = self.cfg.tokenizer_train
-        clips = draw_clips(self.bank, self.cfg.optim.micro_batch_size, [self.cfg.run.seed, self.step, self.groups.dp_rank],
-                           crop=tt.crop, text_overlay=tt.text_overlay)
+        clips = draw_clips(self.bank, self.cfg.optim.micro_batch_size,
+                           [self.cfg.run.seed, self.step, self.groups.dp_rank], crop=tt.crop,
+                           text_overlay=tt.text_overlay)
         x = clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (b, 3, T, H, W)
         return x.to(self.groups.device)
 

@@ -332,10 +332,9 @@ class Trainer:
             latest = self.ckpt_dir / "latest"
             kept = latest.read_text().strip() if latest.exists() else None
             why = e.strerror if isinstance(e, OSError) and e.strerror else _first_failure(e)
-            raise CheckpointWriteError(
-                f"checkpoint {tag}: writing {folder} failed ({why}); "
-                + (f"{latest} still names {kept}, which a restart resumes from" if kept else "no checkpoint was kept yet")
-            ) from None
+            still = (f"{latest} still names {kept}, which a restart resumes from" if kept
+                     else "no checkpoint was kept yet")
+            raise CheckpointWriteError(f"checkpoint {tag}: writing {folder} failed ({why}); {still}") from None
         if self.is_main:  # before `latest` moves: a run resumed from this tag on a new node continues these metrics
             self._publish_telemetry()
         publish_checkpoint(self.storage, self.ckpt_dir, self.mirror, tag, self.cfg.train.keep_checkpoints,

@@ -75,8 +75,8 @@ def test_shape_wraps_around_the_edges_and_keeps_its_area():
             c = int(np.argmax(np.abs(fg - bg)))
             area = (clip[..., c].astype(np.float32) - bg[c]).sum(axis=(1, 2)) / (fg[c] - bg[c])  # (T,)
             assert area.min() > 0.9 * area.max(), (size, a)  # anti-aliasing varies it a little
-            assert area.max() == pytest.approx(SIZES[a["size"]] ** 2 * size ** 2 * {
-                "circle": np.pi / 4, "square": 1, "triangle": 0.5, "diamond": 0.5, "cross": 5 / 9}[a["shape"]], rel=0.15)
+            fill = {"circle": np.pi / 4, "square": 1, "triangle": 0.5, "diamond": 0.5, "cross": 5 / 9}[a["shape"]]
+            assert area.max() == pytest.approx(SIZES[a["size"]] ** 2 * size ** 2 * fill, rel=0.15)
     assert wrapped > 150  # most shapes touch an edge within a minute
 
 

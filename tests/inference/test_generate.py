@@ -20,7 +20,8 @@ SIZE, FPS = 16, 8.0  # 16 px -> 2x2 latent frames: 4 tokens per latent frame
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     torch.manual_seed(0)
-    tok = VideoTokenizer(TokenizerConfig(channels=8, num_res_blocks=0, decoder_res_blocks=0, fsq_levels=[5, 5, 5])).eval()
+    tok = VideoTokenizer(TokenizerConfig(channels=8, num_res_blocks=0, decoder_res_blocks=0,
+                                         fsq_levels=[5, 5, 5])).eval()
     layout = VocabLayout(text_vocab_size=300, codebook_size=tok.codebook_size)
     cfg = ModelConfig(size="tiny", max_seq_len=128)
     from loong_dist.models.ar.model import Transformer

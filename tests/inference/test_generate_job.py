@@ -51,8 +51,8 @@ def args(d, *extra):
 
 def test_one_prompt_end_to_end(files, tmp_path):
     out = tmp_path / "video.mp4"
-    proc = subprocess.run([sys.executable, "-m", "jobs.generate", *args(files, "--prompt", CAPTIONS[0], "--seconds", "3",
-                                                                          "--out", str(out), "--seed", "3")],
+    flags = args(files, "--prompt", CAPTIONS[0], "--seconds", "3", "--out", str(out), "--seed", "3")
+    proc = subprocess.run([sys.executable, "-m", "jobs.generate", *flags],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3.0 / 3.0 s of video generated" in proc.stderr  # progress in seconds of video
@@ -90,7 +90,8 @@ def test_prompts_file_batches_and_seed(files, tmp_path):
 @pytest.mark.parametrize("extra,message", [
     (["--prompt", "   "], "prompt is empty"),
     (["--prompt", CAPTIONS[0], "text.max_text_tokens=5"], "longer than the text context text.max_text_tokens=5"),
-    (["--prompt", CAPTIONS[0], "--checkpoint", "WRONG"], "model was trained on 64 video codes, the video tokenizer has 125"),
+    (["--prompt", CAPTIONS[0], "--checkpoint", "WRONG"],
+     "model was trained on 64 video codes, the video tokenizer has 125"),
     (["--prompt", CAPTIONS[0], "generate.window_latent_frames=9"], "above the model's max_seq_len=128"),
     ([], "pass exactly one of --prompt TEXT or --prompts-file F"),
 ])
@@ -153,7 +154,8 @@ def carried(files):
     text = TextTokenizer(proto)
     layout = VocabLayout(text_vocab_size=text.vocab_size, codebook_size=125)
     cfg = ModelConfig(size="tiny", max_seq_len=128)
-    extra = {"size": 32, "fps": 8.0, "tokenizer": str(tok), "tokenizer_sha256": hashlib.sha256(tok.read_bytes()).hexdigest(),
+    extra = {"size": 32, "fps": 8.0, "tokenizer": str(tok),
+             "tokenizer_sha256": hashlib.sha256(tok.read_bytes()).hexdigest(),
              "text_tokenizer_sha256": hashlib.sha256(proto).hexdigest(),
              "text_tokenizer_model": base64.b64encode(proto).decode(),
              "generate": {"top_k": 7, "temperature": 0.5, "window_latent_frames": 3, "overlap_latent_frames": 1,
@@ -182,7 +184,8 @@ def test_a_model_file_that_carries_its_settings_needs_no_other_flag(carried, tmp
 
 def test_tokenizers_passed_explicitly_must_be_the_models_own(carried, files, tmp_path):
     other_text = tmp_path / "other.model"
-    TextTokenizer(train_text_tokenizer([c.replace("a ", "one ") for c in CAPTIONS] * 4, vocab_size=400)).save(str(other_text))
+    other_captions = [c.replace("a ", "one ") for c in CAPTIONS] * 4
+    TextTokenizer(train_text_tokenizer(other_captions, vocab_size=400)).save(str(other_text))
     torch.manual_seed(5)
     other_tok = tmp_path / "other_tok.safetensors"
     save_tokenizer(VideoTokenizer(TokenizerConfig(channels=8, num_res_blocks=0, decoder_res_blocks=0,

@@ -13,7 +13,8 @@ N = 48  # 2 s
 
 def _frame_index(frames):
     """Recover the source frame index written by `indexed_video` from the centre pixels."""
-    centre = frames[:, frames.shape[1] // 2 - 2:frames.shape[1] // 2 + 2, frames.shape[2] // 2 - 2:frames.shape[2] // 2 + 2]
+    cy, cx = frames.shape[1] // 2, frames.shape[2] // 2
+    centre = frames[:, cy - 2:cy + 2, cx - 2:cx + 2]
     r, g = centre[..., 0].mean(axis=(1, 2)), centre[..., 1].mean(axis=(1, 2))
     return (np.round(r / 10) + 24 * np.round(g / 120)).astype(int).tolist()
 
@@ -78,7 +79,8 @@ def test_unreadable_files_are_named(tmp_path, indexed_video):
     junk.write_bytes(np.random.default_rng(0).bytes(4096))
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(indexed_video.read_bytes()[: indexed_video.stat().st_size // 2])
-    for path, why in [(empty, "file is empty"), (junk, "not a readable video"), (tmp_path / "none.mp4", "no such file")]:
+    cases = [(empty, "file is empty"), (junk, "not a readable video"), (tmp_path / "none.mp4", "no such file")]
+    for path, why in cases:
         with pytest.raises(VideoError, match=f"^{path}: {why}"):
             read_clip(path)
     with pytest.raises(VideoError, match=f"^{cut}: "):  # truncated: unreadable, or too short, by name

@@ -37,8 +37,9 @@ def test_synthetic_generate_evaluate_and_tokenizer_runs_on_s3(tmp_path, s3_bucke
     assert not bad and entries[0].video == f"{syn}/videos/syn-000000.mp4"
 
     gen = f"{s3_bucket}/gen/v.mp4"
-    _run("jobs.generate", "--checkpoint", str(files / "model.safetensors"), "--tokenizer", str(files / "tok.safetensors"),
-         "--text-tokenizer", str(files / "text.model"), "--prompts-file", f"{syn}/manifest.jsonl", "--out", gen,
+    _run("jobs.generate", "--checkpoint", str(files / "model.safetensors"),
+         "--tokenizer", str(files / "tok.safetensors"), "--text-tokenizer", str(files / "text.model"),
+         "--prompts-file", f"{syn}/manifest.jsonl", "--out", gen,
          "--seconds", "1", "data.size=32", "generate.window_latent_frames=3", "generate.overlap_latent_frames=1",
          "generate.batch_size=6", node=tmp_path / "b")
     assert {"v.json", "v_000.mp4", "v_005.gif", "v_005.png"} <= set(_keys(s3_storage, f"{s3_bucket}/gen"))

@@ -27,7 +27,8 @@ def _run(module, *args):
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     out = tmp_path_factory.mktemp("syn")
-    _run("data_prep.synthetic", "--n", "12", "--frames", "5", "--size", "64", "--out", str(out), "synthetic.held_out=0.3")
+    _run("data_prep.synthetic", "--n", "12", "--frames", "5", "--size", "64", "--out", str(out),
+         "synthetic.held_out=0.3")
     return out / "manifest.jsonl"
 
 
@@ -47,8 +48,8 @@ def test_train_resume_and_evaluate(tmp_path, synthetic):
     assert "resumed from" in again.stderr and "at step 4" in again.stderr
     assert [json.loads(line)["step"] for line in (run / "eval.jsonl").read_text().splitlines()][-1] == 6
     # the export is the mean of the step-4 and step-6 checkpoints' weights, across the resume
-    states = {s: load_checkpoint_file(str(run / "checkpoints" / f"step0000000{s}" / "mp_rank_00_model_states.pt"))["module"]
-              for s in (2, 4, 6)}
+    states = {s: load_checkpoint_file(str(run / "checkpoints" / f"step{s:08d}" / "mp_rank_00_model_states.pt"))
+              ["module"] for s in (2, 4, 6)}
     assert not torch.equal(states[4]["decoder.conv_out.conv.weight"], states[6]["decoder.conv_out.conv.weight"])
 
     def assert_mean_of(steps):

@@ -93,7 +93,8 @@ def _tp_engine_worker():
             clipped += norm > cfg.optim.grad_clip
             # The norm DeepSpeed clips by is over the full model: shards summed across TP ranks,
             # replicated weights (RMSNorm gains) counted once - what the mpu is for.
-            assert abs(float(engine.get_global_grad_norm()) - norm) <= 1e-5 * norm, (engine.get_global_grad_norm(), norm)
+            clipped_by = float(engine.get_global_grad_norm())
+            assert abs(clipped_by - norm) <= 1e-5 * norm, (clipped_by, norm)
             opt.step()
             opt.zero_grad()
             torch.testing.assert_close(loss.detach(), ref.detach(), rtol=1e-5, atol=0)

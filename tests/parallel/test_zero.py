@@ -155,7 +155,8 @@ def _compiled_worker(attention: str):
         torch.manual_seed(0)
         model = build_model(cfg.model, VOCAB, groups, cfg.parallel)
         names = [name for name, _ in model.named_parameters()]
-        assert names == [name for name, _ in build_model(_cfg(1).model, VOCAB, groups, _cfg(1).parallel).named_parameters()]
+        reference = build_model(_cfg(1).model, VOCAB, groups, _cfg(1).parallel)
+        assert names == [name for name, _ in reference.named_parameters()]
         engine = build_engine(model, cfg, groups)
         losses, lrs = _train_one_rank(engine)
         assert all(type(block).__name__ == "Block" and block._compiled_call_impl is not None for block in model.blocks)
@@ -229,7 +230,8 @@ def _bf16_reduction_worker(result_file):
             torch.manual_seed(0)
             engine = build_engine(build_model(cfg.model, VOCAB, groups, cfg.parallel), cfg, groups)
             g = torch.Generator().manual_seed(10 + groups.dp_rank)  # each rank its own batch
-            tokens, targets = torch.randint(0, VOCAB, (1, 48), generator=g), torch.randint(0, VOCAB, (1, 48), generator=g)
+            tokens = torch.randint(0, VOCAB, (1, 48), generator=g)
+            targets = torch.randint(0, VOCAB, (1, 48), generator=g)
             mine = {}
             for name, p in engine.module.named_parameters():
                 p.register_hook(lambda grad, name=name: mine.__setitem__(name, grad.float().clone()))

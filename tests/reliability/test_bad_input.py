@@ -113,8 +113,8 @@ def files(tmp_path_factory, pretok_assets):
               metadata={"format": _safetensors_meta(d / "tok.safetensors")["format"],
                         "config": json.dumps(dict(meta, channel_mult=[1, 1, 2, 4]))})
     cfg = ModelConfig(size="tiny", max_seq_len=128)
-    for name, codebook, vocab in (("model", tok.codebook_size, text.vocab_size), ("wrong_codebook", 64, text.vocab_size),
-                                  ("wrong_text", tok.codebook_size, 200)):
+    for name, codebook, vocab in (("model", tok.codebook_size, text.vocab_size),
+                                  ("wrong_codebook", 64, text.vocab_size), ("wrong_text", tok.codebook_size, 200)):
         layout = VocabLayout(text_vocab_size=vocab, codebook_size=codebook)
         save_model(Transformer(cfg, layout.padded_vocab_size).state_dict(), cfg, layout, d / f"{name}.safetensors")
     layout = VocabLayout(text_vocab_size=text.vocab_size, codebook_size=tok.codebook_size)
@@ -157,8 +157,10 @@ def _train(d, shards, *extra):
 # (id, module, args(a: assets, d: files), needle)
 CASES = [
     # Manifests
-    ("manifest missing", "data_prep.pretokenize", lambda a, d: _pretok(a, d, d / "nope.jsonl"), "nope.jsonl: no such file"),
-    ("manifest blank", "data_prep.pretokenize", lambda a, d: _pretok(a, d, d / "blank.jsonl"), "manifest has no entries"),
+    ("manifest missing", "data_prep.pretokenize", lambda a, d: _pretok(a, d, d / "nope.jsonl"),
+     "nope.jsonl: no such file"),
+    ("manifest blank", "data_prep.pretokenize", lambda a, d: _pretok(a, d, d / "blank.jsonl"),
+     "manifest has no entries"),
     ("manifest binary", "data_prep.pretokenize", lambda a, d: _pretok(a, d, d / "binary.jsonl"), "not UTF-8"),
     ("manifest bad line (strict job)", "jobs.train_tokenizer",
      lambda a, d: ["--manifest", str(d / "badline.jsonl"), "--out", str(d / "never-tok")], "badline.jsonl:2"),
@@ -180,14 +182,14 @@ CASES = [
     ("frames not 1+4k", "data_prep.pretokenize", lambda a, d: _pretok(a, d, d / "blank.jsonl", "data.frames=[1,18]"),
      "data.frames"),
     # Vocabularies, tokenizer and model files
-    ("model codebook != tokenizer", "jobs.generate", lambda a, d: _gen(a, d, "--prompt", "a red circle",
-                                                                        model="wrong_codebook"), "video codes"),
-    ("model text vocab != tokenizer", "jobs.generate", lambda a, d: _gen(a, d, "--prompt", "a red circle",
-                                                                          model="wrong_text"), "text vocabulary"),
-    ("model trained at another size", "jobs.generate", lambda a, d: _gen(a, d, "--prompt", "a red circle",
-                                                                          model="model_128px"), "trained on clips with data.size=128"),
-    ("tokenizer for 16x compression", "jobs.generate", lambda a, d: _gen(a, d, "--prompt", "a red circle",
-                                                                          tok="tok_16x"), "spatial_downsample"),
+    ("model codebook != tokenizer", "jobs.generate",
+     lambda a, d: _gen(a, d, "--prompt", "a red circle", model="wrong_codebook"), "video codes"),
+    ("model text vocab != tokenizer", "jobs.generate",
+     lambda a, d: _gen(a, d, "--prompt", "a red circle", model="wrong_text"), "text vocabulary"),
+    ("model trained at another size", "jobs.generate",
+     lambda a, d: _gen(a, d, "--prompt", "a red circle", model="model_128px"), "trained on clips with data.size=128"),
+    ("tokenizer for 16x compression", "jobs.generate",
+     lambda a, d: _gen(a, d, "--prompt", "a red circle", tok="tok_16x"), "spatial_downsample"),
     ("tokenizer of another architecture", "data_prep.pretokenize",
      lambda a, d: _pretok(a, d, d / "badline.jsonl", tokenizer=d / "tok_4levels.safetensors"), "do not fit"),
     ("tokenizer is a text model", "data_prep.pretokenize",

@@ -50,8 +50,8 @@ def test_codes_in_use_exports_and_what_they_carry(tmp_path):
     text_model.write_bytes(b"not really sentencepiece, but bytes the export must carry")
     raw = json.loads((tmp_path / "shards" / "index.json").read_text())  # as data_prep.pretokenize writes it
     raw["meta"].update(fsq_levels=[10, 10, 10], text_tokenizer=str(text_model), tokenizer="tok.safetensors",
-                       tokenizer_sha256="ab" * 32, text_tokenizer_sha256=hashlib.sha256(text_model.read_bytes()).hexdigest(),
-                       size=64, fps=8.0)
+                       tokenizer_sha256="ab" * 32, size=64, fps=8.0,
+                       text_tokenizer_sha256=hashlib.sha256(text_model.read_bytes()).hexdigest())
     (tmp_path / "shards" / "index.json").write_text(json.dumps(raw))
     results = torch.multiprocessing.get_context("spawn").SimpleQueue()
     launch_local(_worker, 1, shards, str(tmp_path), results)

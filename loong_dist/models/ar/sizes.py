@@ -20,7 +20,8 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def count_parameters(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int, vocab_size: int) -> dict[str, int]:
+def count_parameters(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int,
+                     vocab_size: int) -> dict[str, int]:
     """Parameters of the transformer (untied input embedding and output head)."""
     head_dim = dim // n_heads
     attention = dim * n_heads * head_dim + 2 * dim * n_kv_heads * head_dim + n_heads * head_dim * dim
