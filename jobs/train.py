@@ -5,9 +5,10 @@
 
 Under a launcher that sets RANK/WORLD_SIZE (torchrun) each process runs one rank. With
 `--num-workers N` the ranks are Ray Train workers (TorchTrainer: one per GPU, or CPU workers) on
-the cluster of RAY_ADDRESS (set by `ray job submit`), or on a local Ray. Started plainly, it spawns
-`--nproc` local ranks (gloo on CPU, NCCL on GPUs). A run started again with the same output folder
-resumes from its latest checkpoint; a stage starts from `train.init_from` (the previous stage's run).
+the cluster of RAY_ADDRESS (set by `ray job submit`), or on a local Ray. Started plainly, it runs
+`--nproc` local ranks (gloo on CPU, NCCL on GPUs; one rank runs in the job's own process). A run
+started again with the same output folder resumes from its latest checkpoint; a stage starts from
+`train.init_from` (the previous stage's run).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import os
 
 from loong_dist.cli import job_parser, log, resolve_config, run_job, setup_process
 from loong_dist.config import Config, config_yaml
+from loong_dist.data.shards import ShardIndex
 from loong_dist.io.run_folder import RunFolder
 from loong_dist.io.storage import Storage
 from loong_dist.errors import ConfigError
-from loong_dist.parallel.process_groups import launch_local
+from loong_dist.parallel.process_groups import run_ranks_here
 
 ALIASES = {"--shards": "train.shards", "--out": "run.out_dir", "--steps": "optim.steps"}
 
@@ -63,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         from loong_dist.train.launch import launch_ray
         launch_ray(run_rank, cfg, args.num_workers)
         return 0
+    # A missing or broken shard index is one line now, not after every rank has started.
+    ShardIndex.load_many([f for f in cfg.train.shards.split(",") if f], Storage(cfg.storage))
     log.info("training with %d local rank(s) -> %s", args.nproc, cfg.run.out_dir)
-    launch_local(run_rank, args.nproc, cfg)
+    run_ranks_here(run_rank, args.nproc, cfg)
     return 0
 
 

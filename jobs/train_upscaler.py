@@ -20,7 +20,7 @@ from loong_dist.config import Config, config_yaml
 from loong_dist.errors import ConfigError
 from loong_dist.io.run_folder import RunFolder
 from loong_dist.io.storage import Storage
-from loong_dist.parallel.process_groups import launch_local
+from loong_dist.parallel.process_groups import run_ranks_here
 
 ALIASES = {"--out": "run.out_dir", "--steps": "optim.steps", "--manifest": "upscaler_train.manifests",
            "--eval-manifest": "upscaler_train.eval_manifest", "--tokenizer": "tokenizer.path"}
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         run_rank(cfg, max_seconds)
         return 0
     log.info("upscaler training on %d local rank(s) -> %s", args.nproc, cfg.run.out_dir)
-    launch_local(run_rank, args.nproc, cfg, max_seconds)
+    run_ranks_here(run_rank, args.nproc, cfg, max_seconds)
     return 0
 
 

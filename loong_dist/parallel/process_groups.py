@@ -131,3 +131,15 @@ def launch_local(fn: Callable, nprocs: int, *args) -> None:
             if first:
                 raise UserError(first[0].read_text()) from None
             raise
+
+
+def run_ranks_here(fn: Callable, nprocs: int, *args) -> None:
+    """A job's ranks on this machine: one runs in this very process, as rank 0 of 1 with the
+    launcher variables set (no second interpreter to start); more are started by `launch_local`."""
+    if nprocs != 1:
+        launch_local(fn, nprocs, *args)
+        return
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0")
+    fn(*args)
+
