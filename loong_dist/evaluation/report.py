@@ -266,8 +266,8 @@ def generation_section(root: Path, summary: dict) -> str:
         for i, v in enumerate(gen["videos"]):
             out.append(f"<h3>{i + 1}. {html.escape(v['prompt'])}</h3>")
             out.append(f'<video controls loop muted width="256" src="{_rel(v["mp4"], root)}"></video> ')
-            if v.get("mp4_hr") and Path(v["mp4_hr"]).exists():
-                out.append(f'<video controls loop muted width="512" src="{_rel(v["mp4_hr"], root)}"></video>'
+            if v.get("mp4_x4") and Path(v["mp4_x4"]).exists():  # jobs.generate --upscaler
+                out.append(f'<video controls loop muted width="512" src="{_rel(v["mp4_x4"], root)}"></video>'
                            f"<p class='muted'>left: {gen['size']} px as generated; right: 4x upscaled "
                            f"({4 * gen['size']} px)</p>")
             out.append(_img(Path(v["png"]), root, f"frame strip, {v['seconds']:.0f} s", cls="strip"))

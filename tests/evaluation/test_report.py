@@ -41,6 +41,7 @@ def test_report_sections_links_and_summary(tmp_path):
     write_mp4(root / "generate" / "videos_000.mp4", frames, fps=8)
     write_gif(root / "generate" / "videos_000.gif", frames, fps=8)
     Image.fromarray(frames[0]).save(root / "generate" / "videos_000.png")
+    write_mp4(root / "generate" / "videos_000_x4.mp4", frames.repeat(4, axis=1).repeat(4, axis=2), fps=8)
     (root / "generate" / "videos.json").write_text(json.dumps({
         "fps": 8.0, "size": 32, "wall_s": 20.0,
         "checkpoint": "stage3/model.safetensors",
@@ -48,6 +49,7 @@ def test_report_sections_links_and_summary(tmp_path):
                      "window_latent_frames": 5},
         "videos": [{"prompt": "a large red circle moving left quickly on a black background", "seconds": 1.125,
                     "attributes": {"colour": "red", "shape": "circle"},
+                    "mp4_x4": str(root / "generate" / "videos_000_x4.mp4"),
                     **{k: str(root / "generate" / f"videos_000.{k}") for k in ("mp4", "gif", "png")}}]}))
     _done(root / "generate_eval", "jobs.evaluate", 2.0)
     window = {"start_s": 0.0, "end_s": 1.125, "match": {"colour": True, "shape": False},
@@ -67,6 +69,7 @@ def test_report_sections_links_and_summary(tmp_path):
     assert "a large red circle moving left" in text and "24.5" in text and "22.1" in text
     assert "\u2713</span> colour: red" in text and "\u2717</span> shape: square" in text and "(asked circle)" in text
     assert "<td>100%</td><td>0%</td>" in text  # the per-window alignment table
+    assert 'width="512" src="generate/videos_000_x4.mp4"' in text  # the 4x upscaled video beside it
     for ref in re.findall(r'(?:src|href)="([^"]+)"', text):  # relative, and present on disk
         assert not ref.startswith(("/", "http")), ref
         assert (root / ref).is_file(), ref
