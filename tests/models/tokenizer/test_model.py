@@ -73,13 +73,15 @@ def test_wrong_dtype_and_ids(tiny):
 @pytest.mark.parametrize("bf16", [False, True])
 def test_causality_is_exact(bf16):
     # The default architecture, untrained: ids of the first 1 + j latent frames of a random clip
-    # equal, bit for bit, the ids of its first 1 + 4j frames encoded alone - for every j.
+    # equal, bit for bit, the ids of its first 1 + 4j frames encoded alone - for every j. At 32 px
+    # (4 x 4 latents, border and interior positions both): causality is along time, and bf16 convs
+    # are emulated on CPUs without bf16 units (64 px took 106 s here).
     torch.manual_seed(1)
     tok = VideoTokenizer(TokenizerConfig()).eval()
-    video = _video(2, 17, 64, 64, seed=2)
+    video = _video(2, 17, 32, 32, seed=2)
     full = tok.encode(video, bf16=bf16)
-    assert full.shape == (2, 5, 8, 8)
-    assert len(full.unique()) > 50  # the check means something only if ids vary
+    assert full.shape == (2, 5, 4, 4)
+    assert len(full.unique()) > 50  # the check means something only if ids vary (122 of 160 here)
     for j in range(5):
         prefix = tok.encode(video[:, :1 + 4 * j].clone(), bf16=bf16)
         assert torch.equal(prefix, full[:, :1 + j]), f"latent frames 0..{j} differ"
