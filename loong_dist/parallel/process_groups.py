@@ -100,12 +100,17 @@ def _start_method() -> str:
     return "forkserver"
 
 
+def _launcher_variables(rank: int, world: int, port: int) -> dict[str, str]:
+    """What torchrun sets for a rank on this machine."""
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank)}
+
+
 def _local_rank(rank: int, world: int, port: int, fn: Callable, args: tuple, errors: str,
                 env: dict[str, str], cwd: str) -> None:
     os.chdir(cwd)  # the launcher's folder and environment now, not the fork server's from when it started
     os.environ.clear()
-    os.environ.update(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(env, **_launcher_variables(rank, world, port))
     try:
         fn(*args)
     except UserError as e:  # hand the one-line message to the parent, leave without a traceback
@@ -139,7 +144,6 @@ def run_ranks_here(fn: Callable, nprocs: int, *args) -> None:
     if nprocs != 1:
         launch_local(fn, nprocs, *args)
         return
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
-                      LOCAL_RANK="0")
+    os.environ.update(_launcher_variables(0, 1, free_port()))
     fn(*args)
 
