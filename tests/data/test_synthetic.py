@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from loong_dist.config import TokenizerConfig
 from loong_dist.data.synthetic import (
     ADVERBS, BACKGROUNDS, CHECKED, COLOURS, MAX_FRAMES, MIN_CONTRAST, MOTIONS, SHAPES, SIZES, SPEEDS,
     all_appearances, appearance, attributes_for, backgrounds_for, caption, centre_track, compare_attributes,
@@ -83,7 +84,7 @@ def test_shape_wraps_around_the_edges_and_keeps_its_area():
 def test_a_shape_leaving_one_edge_enters_at_the_other():
     a = {"shape": "square", "colour": "red", "size": "small", "motion": "right", "speed": "fast",
          "background": "black", "x": 0.8, "y": 0.5}
-    clip = render_clip(a, 33, 64)  # the centre moves 0.008 x 32 = 0.256: from x 0.8 to 1.056 = 0.056
+    clip = render_clip(a, 9, 64)  # the centre moves 8 / 32 = 0.25: from x 0.8 to 1.05 = 0.05
     red = (clip[..., 0] > 120)  # (T, H, W)
     cols = np.nonzero(red[-1].any(0))[0]
     assert cols.min() == 0 and cols.max() == 63 and not red[-1, :, 16:48].any()  # split over both edges
@@ -91,17 +92,25 @@ def test_a_shape_leaving_one_edge_enters_at_the_other():
     assert rows.mean() == pytest.approx(np.nonzero(red[0].any(1))[0].mean())  # no vertical drift
 
 
+def test_speeds_move_whole_latent_cells_per_latent_frame_at_128_px():
+    """A caption's motion shifts the shape's codes by whole cells of the tokenizer's grid."""
+    cfg = TokenizerConfig()
+    for v in SPEEDS.values():
+        cells = v * 128 * cfg.temporal_downsample / cfg.spatial_downsample
+        assert cells >= 1 and cells == round(cells), (v, cells)
+
+
 def test_motion_moves_the_shape_as_the_attributes_say():
     for i in range(30):
-        a = dict(attributes_for(i, 2, MAX_FRAMES), x=0.5, y=0.5)  # centred: no wrap within 33 frames
-        clip = render_clip(a, 33, 128)
+        a = dict(attributes_for(i, 2, MAX_FRAMES), x=0.5, y=0.5)  # centred: no wrap within 9 frames
+        clip = render_clip(a, 9, 128)
         inside = (clip != np.array(BACKGROUNDS[a["background"]], np.uint8)).any(-1)
         xs = np.nonzero(inside[-1].any(0))[0].mean() - np.nonzero(inside[0].any(0))[0].mean()
         ys = np.nonzero(inside[-1].any(1))[0].mean() - np.nonzero(inside[0].any(1))[0].mean()
         step = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}[a["motion"]]
-        v = 0.0 if a["speed"] is None else SPEEDS[a["speed"]] * 32 * 128
+        v = 0.0 if a["speed"] is None else SPEEDS[a["speed"]] * 8 * 128
         assert xs == pytest.approx(step[0] * v, abs=1.0) and ys == pytest.approx(step[1] * v, abs=1.0), a
-        track = centre_track(a, 33)
+        track = centre_track(a, 9)
         assert np.allclose(track[1:] - track[:-1], track[1] - track[0])  # constant speed
 
 
