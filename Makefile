@@ -14,6 +14,10 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 OUT ?= runs/demo
 PYTEST_ARGS ?=
+# Test files run in this many pytest-xdist workers, a file's tests in one worker (its module fixtures
+# made once). Half the suite's time is Ray start-up, S3 servers and subprocesses waiting: two
+# workers keep both cores of the 2-core reference machine busy. 0 runs everything in one process.
+TEST_WORKERS ?= 2
 
 # Caches stay inside the project: DeepSpeed's compiled CPU ops, Ray's temp files, sample videos.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
@@ -44,7 +48,7 @@ demo: $(STAMP)
 	$(BIN)/python -m jobs.quickstart --out $(OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
