@@ -15,7 +15,8 @@ TORCH_INDEX ?=
 OUT ?= runs/demo
 PYTEST_ARGS ?=
 # Test files run in this many pytest-xdist workers, a file's tests in one worker (its module fixtures
-# made once). Half the suite's time is Ray start-up, S3 servers and subprocesses waiting: two
+# made once), handed out in tests/conftest.py's order (longest files first, so none starts last and
+# runs alone). Half the suite's time is Ray start-up, S3 servers and subprocesses waiting: two
 # workers keep both cores of the 2-core reference machine busy. 0 runs everything in one process.
 TEST_WORKERS ?= 2
 
@@ -48,7 +49,7 @@ demo: $(STAMP)
 	$(BIN)/python -m jobs.quickstart --out $(OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

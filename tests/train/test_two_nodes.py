@@ -38,6 +38,21 @@ def _submit(ray_bin, dashboard, env, args):
     return [ray_bin, "job", "submit", "--address", dashboard, "--working-dir", str(ROOT), "--", "python", *args]
 
 
+def _prebuilt_ops() -> Path:
+    """This suite's compiled-extensions folder, holding DeepSpeed's CPU communication op (the one
+    op a gloo rank of jobs.train compiles): built here once, where a test suite started from a
+    clean clone may not have built it yet."""
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils.cpp_extension import get_default_build_root
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        builder.load(verbose=False)
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())  # where load() built it
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def _losses(text: str) -> list[float]:
     return [json.loads(line)["loss"] for line in text.splitlines()]
 
@@ -45,16 +60,14 @@ def _losses(text: str) -> list[float]:
 def test_two_nodes_train_from_s3_and_resume_after_losing_a_worker(tmp_path, s3_bucket, s3_storage):
     shards = f"{s3_bucket}/shards"
     write_shards(s3_storage, shards, make_samples(48))
+    built = _prebuilt_ops()
     nodes = []
     for i in range(2):
         own = tmp_path / f"node{i}"
         (own / "cache").mkdir(parents=True)
-        # each node's own compiled-ops cache, as from a node image with DeepSpeed's ops prebuilt (what
-        # the suite compiled so far): building them again per node would only add minutes
-        built = Path(os.environ.get("TORCH_EXTENSIONS_DIR", ROOT / ".cache" / "torch_extensions"))
-        if built.is_dir():
-            shutil.copytree(built, own / "ops", ignore=shutil.ignore_patterns("lock"))
-        (own / "ops").mkdir(exist_ok=True)
+        # each node's own compiled-ops cache, as from a node image with DeepSpeed's ops prebuilt:
+        # two nodes compiling the same op at once on a 2-core machine would only add minutes
+        shutil.copytree(built, own / "ops", ignore=shutil.ignore_patterns("lock"))
         # (not TMPDIR: Ray's agents put sockets under it, and a pytest tmp path is too long for one)
         nodes.append({"LOONG_CACHE_DIR": str(own / "cache"), "TORCH_EXTENSIONS_DIR": str(own / "ops")})
     stage1, run = f"{s3_bucket}/runs/stage1", f"{s3_bucket}/runs/stage2"
