@@ -19,6 +19,7 @@ PYTEST_ARGS ?=
 # runs alone). Half the suite's time is Ray start-up, S3 servers and subprocesses waiting: two
 # workers keep both cores of the 2-core reference machine busy. 0 runs everything in one process.
 TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # Caches stay inside the project: DeepSpeed's compiled CPU ops, Ray's temp files, sample videos.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
@@ -28,6 +29,9 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 1073741824
 export PYTHONDONTWRITEBYTECODE := 1
+# The virtualenv's tools first, as if it were activated: every process compiles DeepSpeed's ops with
+# the pinned ninja (a build log written by another ninja version makes the next one compile again).
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install demo test bench lock clean
 
@@ -49,7 +53,7 @@ demo: $(STAMP)
 	$(BIN)/python -m jobs.quickstart --out $(OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests $(XDIST) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -38,13 +38,15 @@ def _submit(ray_bin, dashboard, env, args):
     return [ray_bin, "job", "submit", "--address", dashboard, "--working-dir", str(ROOT), "--", "python", *args]
 
 
-def _prebuilt_ops() -> Path:
+def _prebuilt_ops(monkeypatch) -> Path:
     """This suite's compiled-extensions folder, holding DeepSpeed's CPU communication op (the one
     op a gloo rank of jobs.train compiles): built here once, where a test suite started from a
-    clean clone may not have built it yet."""
+    clean clone may not have built it yet. Built by the ninja the nodes run (the virtualenv's,
+    first on their PATH): a build log of another ninja version makes each node compile it again."""
     from deepspeed.accelerator import get_accelerator
     from torch.utils.cpp_extension import get_default_build_root
 
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
     if builder is not None:
         builder.load(verbose=False)
@@ -57,10 +59,10 @@ def _losses(text: str) -> list[float]:
     return [json.loads(line)["loss"] for line in text.splitlines()]
 
 
-def test_two_nodes_train_from_s3_and_resume_after_losing_a_worker(tmp_path, s3_bucket, s3_storage):
+def test_two_nodes_train_from_s3_and_resume_after_losing_a_worker(tmp_path, s3_bucket, s3_storage, monkeypatch):
     shards = f"{s3_bucket}/shards"
     write_shards(s3_storage, shards, make_samples(48))
-    built = _prebuilt_ops()
+    built = _prebuilt_ops(monkeypatch)
     nodes = []
     for i in range(2):
         own = tmp_path / f"node{i}"
