@@ -55,7 +55,7 @@ one and two cells of the video tokenizer's 8-pixel latent grid per latent frame 
 motion a caption asks for moves the shape's codes by whole cells, and is a large part of what the
 next latent frame's tokens say. (At a quarter and a half cell per latent frame, the first speeds,
 a transformer trained 2,600 steps on 17- and 65-frame clips copied the first frame and ignored
-the motion words: the shift was a small part of its loss next to the background codes' flicker.)"""
+the motion words.)"""
 ADVERBS = {"slow": "slowly", "fast": "quickly"}
 MAX_FRAMES = 65
 """Longest training clip of the recipe (65 frames = 17 latent frames); longer ones render too."""
