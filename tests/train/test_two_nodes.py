@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from tests.data.test_shards_and_loader import make_samples, write_shards
-from tests.fixtures.ray_cluster import node_processes, ray_two_nodes
+from tests.fixtures.ray_cluster import node_processes, ray_two_nodes, tools_first_path
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = ["model.size=tiny", "model.max_seq_len=512", "parallel.precision=fp32", "parallel.zero_stage=1",
@@ -41,12 +41,12 @@ def _submit(ray_bin, dashboard, env, args):
 def _prebuilt_ops(monkeypatch) -> Path:
     """This suite's compiled-extensions folder, holding DeepSpeed's CPU communication op (the one
     op a gloo rank of jobs.train compiles): built here once, where a test suite started from a
-    clean clone may not have built it yet. Built by the ninja the nodes run (the virtualenv's,
-    first on their PATH): a build log of another ninja version makes each node compile it again."""
+    clean clone may not have built it yet. Built by the ninja the nodes run (their PATH): a build
+    log of another ninja version makes each node compile it again."""
     from deepspeed.accelerator import get_accelerator
     from torch.utils.cpp_extension import get_default_build_root
 
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", tools_first_path())
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
     if builder is not None:
         builder.load(verbose=False)
