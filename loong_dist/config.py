@@ -35,6 +35,7 @@ DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "base.yaml"
 
 
 ATTENTION_KINDS = ("sdpa", "blocked")
+ROPE_KINDS = ("1d", "3d")
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
@@ -246,6 +247,14 @@ class ModelConfig:
     """Longest sequence (tokens) the rotary table covers: 64 text + 4,352 video (65 frames) + specials."""
     rope_theta: float = 10000.0
     """Rotary base frequency."""
+    rope: str = "1d"
+    """Rotary positions. "1d": one position per token over the flattened sequence (Llama). "3d": video
+    tokens rotate by (latent frame, row, column), each axis on its own share of the head's pairs,
+    text by its index on all three (Qwen2-VL's M-RoPE); the same cell one latent frame back is then
+    one step on one axis instead of rows x columns tokens back."""
+    latent_grid: list[int] = field(default_factory=lambda: [16, 16])
+    """Rows and columns of a latent frame (the video tokenizer's grid at the training size: 16 x 16
+    at 128 px); rope="3d" places video tokens on it, and training and generation check it."""
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     init_std: float = 0.02
@@ -295,6 +304,10 @@ class ModelConfig:
         _check(self.attention in ATTENTION_KINDS, "model.attention", self.attention,
                f"must be one of {', '.join(ATTENTION_KINDS)}")
         _check(self.attention_block >= 1, "model.attention_block", self.attention_block, "must be >= 1")
+        _check(self.rope in ROPE_KINDS, "model.rope", self.rope, f"must be one of {', '.join(ROPE_KINDS)}")
+        _check(len(self.latent_grid) == 2 and min(self.latent_grid) >= 1, "model.latent_grid", self.latent_grid,
+               "must be [rows, columns], each >= 1")
+        self.latent_grid = [int(v) for v in self.latent_grid]
 
     @property
     def head_dim(self) -> int:

@@ -36,11 +36,16 @@ from loong_dist.io.storage import Storage
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
 
 
-def collate(samples: Sequence[Sample], layout: VocabLayout,
-            drop_text: Sequence[bool] | None = None) -> dict[str, torch.Tensor]:
+def collate(samples: Sequence[Sample], layout: VocabLayout, drop_text: Sequence[bool] | None = None,
+            latent_grid: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Build each sample's sequence and right-pad to the longest: (b, s) int64 tensors.
-    drop_text[i]: sample i gets the empty caption (`<s> <bov>` then its video)."""
+    drop_text[i]: sample i gets the empty caption (`<s> <bov>` then its video). latent_grid: the
+    (rows, columns) every sample's latent frames must have (a model with 3D positions is built for one)."""
     drop_text = drop_text if drop_text is not None else [False] * len(samples)
+    for s in samples:
+        if latent_grid is not None and list(s.video.shape[1:]) != list(latent_grid):
+            raise ShardError(f"sample {s.key}: latent frames of {s.video.shape[1]}x{s.video.shape[2]} codes, the model "
+                             f"places video tokens on model.latent_grid={list(latent_grid)}")
     built = [layout.build([] if drop else s.text.tolist(), s.video) for s, drop in zip(samples, drop_text)]
     length = max(len(b["tokens"]) for b in built)
     out = {"tokens": np.full((len(built), length), layout.pad_id, np.int64),
@@ -57,7 +62,7 @@ class TokenLoader:
     def __init__(self, index: ShardIndex, layout: VocabLayout, token_budget: int, dp_rank: int = 0,
                  dp_size: int = 1, seed: int = 0, frames: Sequence[int] | None = None,
                  storage: Storage | None = None, workers: int = 4, mix: Sequence[float] | None = None,
-                 caption_dropout: float = 0.0, global_tokens: int = 0):
+                 caption_dropout: float = 0.0, global_tokens: int = 0, latent_grid: Sequence[int] | None = None):
         codebook = index.meta.get("codebook_size")
         if codebook is not None and codebook != layout.codebook_size:
             raise ShardError(f"{index.folder}: shards hold {codebook} video codes, the model's layout has "
@@ -71,6 +76,7 @@ class TokenLoader:
         self.sampler = BucketedBatchSampler(index.samples, token_budget, dp_rank, dp_size, seed, frames, mix,
                                             global_tokens)
         self.caption_dropout = caption_dropout
+        self.latent_grid = latent_grid
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard-read")
         self._next: tuple[dict, list[list[Future]], list[list[bool]]] | None = None
 
@@ -103,7 +109,7 @@ class TokenLoader:
             self._next = self._fetch()
         _, futures, drop = self._next
         self._next = self._fetch()  # prefetch while this batch is collated and trained on
-        return [collate([f.result() for f in fs], self.layout, d) if fs else self._empty()
+        return [collate([f.result() for f in fs], self.layout, d, self.latent_grid) if fs else self._empty()
                 for fs, d in zip(futures, drop)]
 
     def __iter__(self):

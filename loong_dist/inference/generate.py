@@ -84,6 +84,10 @@ class VideoGenerator:
         self.model, self.layout, self.tokenizer, self.cfg = model, layout, tokenizer, cfg
         self.fps, self.size = fps, size
         _, self.h, self.w = tokenizer.latent_shape(1, size, size)
+        if model.cfg.rope == "3d" and [self.h, self.w] != list(model.cfg.latent_grid):
+            raise GenerationError(f"the model places video tokens on a {model.cfg.latent_grid[0]}x"
+                                  f"{model.cfg.latent_grid[1]} latent grid (model.latent_grid); {size} px frames "
+                                  f"give {self.h}x{self.w}: generate at the size it was trained at")
         self.device = next(model.parameters()).device
         self.lo, self.hi, _ = video_range(layout)
         self.guided = cfg.cfg_scale != 1.0

@@ -158,6 +158,18 @@ def test_loader_rejects_mismatched_layout(tmp_path):
         TokenLoader(ShardIndex.load(str(tmp_path)), VocabLayout(TEXT_VOCAB, 64), token_budget=800)
 
 
+def test_loader_checks_the_latent_grid_a_3d_position_model_needs(tmp_path):
+    write_shards(Storage(), str(tmp_path), make_samples(6), per_shard=6)
+    index = ShardIndex.load(str(tmp_path))
+    fits = TokenLoader(index, LAYOUT, token_budget=800, latent_grid=[HW, HW])
+    assert next(fits)["tokens"].shape[0] >= 1
+    wrong = TokenLoader(index, LAYOUT, token_budget=800, latent_grid=[16, 16])
+    with pytest.raises(ShardError, match=r"sample s000\d: latent frames of 8x8 codes, .* model.latent_grid=\[16, 16\]"):
+        next(wrong)
+    fits.close()
+    wrong.close()
+
+
 def test_code_counts_sum_every_shard(shard_folder):
     storage, folder = shard_folder
     index = ShardIndex.load(folder, storage)

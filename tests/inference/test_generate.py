@@ -17,18 +17,22 @@ from loong_dist.models.tokenizer import VideoTokenizer
 SIZE, FPS = 16, 8.0  # 16 px -> 2x2 latent frames: 4 tokens per latent frame
 
 
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
+def _parts(folder, rope: str = "1d", latent_grid=(2, 2)):
     torch.manual_seed(0)
     tok = VideoTokenizer(TokenizerConfig(channels=8, num_res_blocks=0, decoder_res_blocks=0,
                                          fsq_levels=[5, 5, 5])).eval()
     layout = VocabLayout(text_vocab_size=300, codebook_size=tok.codebook_size)
-    cfg = ModelConfig(size="tiny", max_seq_len=128)
+    cfg = ModelConfig(size="tiny", max_seq_len=128, rope=rope, latent_grid=list(latent_grid))
     from loong_dist.models.ar.model import Transformer
     path = save_model(Transformer(cfg, layout.padded_vocab_size).state_dict(), cfg, layout,
-                      tmp_path_factory.mktemp("m") / "model.safetensors")
+                      folder / "model.safetensors")
     model, layout = load_model(path)  # through the file, as jobs.generate does
     return model, layout, tok
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    return _parts(tmp_path_factory.mktemp("m"))
 
 
 def reference(model, layout, tok, cfg: GenerateConfig, texts, seconds, seed):
@@ -69,9 +73,11 @@ def reference(model, layout, tok, cfg: GenerateConfig, texts, seconds, seed):
     return video[:, :total]
 
 
-@pytest.mark.parametrize("reencode,cfg_scale", [(True, 3.0), (False, 1.0)])
-def test_matches_naive_reference(parts, reencode, cfg_scale):
-    model, layout, tok = parts
+@pytest.mark.parametrize("reencode,cfg_scale,rope", [(True, 3.0, "1d"), (False, 1.0, "1d"), (True, 3.0, "3d")])
+def test_matches_naive_reference(parts, tmp_path, reencode, cfg_scale, rope):
+    """With 3D rotary positions the batched rows (left-padded, guided) and the re-encoded tails
+    place video tokens as the one-row full recompute does."""
+    model, layout, tok = parts if rope == "1d" else _parts(tmp_path, rope)
     cfg = GenerateConfig(window_latent_frames=3, overlap_latent_frames=2, reencode=reencode, cfg_scale=cfg_scale,
                          top_k=20, temperature=1.0, tokenizer_bf16=False)
     texts = [[2, 17, 40, 99], [2, 250, 8, 31, 5, 77, 12]]  # different lengths: left padding in one batch
@@ -110,3 +116,9 @@ def test_pixel_frames_and_prompt_checks(parts):
                          fps=FPS, size=SIZE)
     with pytest.raises(GenerationError, match="max_seq_len=128"):
         gen.generate([[2, 5]], 1.0, seed=0)
+
+
+def test_3d_positions_need_the_grid_the_model_was_trained_on(tmp_path):
+    model, layout, tok = _parts(tmp_path, "3d", latent_grid=(16, 16))
+    with pytest.raises(GenerationError, match=r"16x16 latent grid .* 16 px frames give 2x2"):
+        VideoGenerator(model, layout, tok, GenerateConfig(), fps=FPS, size=SIZE)

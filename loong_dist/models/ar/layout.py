@@ -26,6 +26,7 @@ from functools import cached_property
 import numpy as np
 
 IGNORE = -100  # target id that takes no loss
+BOV_ID = 4  # <bov>: the model's 3D rotary positions count video tokens from it
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class VocabLayout:
     pad_id: int = 0
     bos_id: int = 2
     eos_id: int = 3
-    bov_id: int = 4
+    bov_id: int = BOV_ID
     eov_id: int = 5
     codes: tuple[int, ...] = ()
     """Codes that have a video token, ascending (empty: every code of the codebook)."""

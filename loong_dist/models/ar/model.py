@@ -1,11 +1,15 @@
 """Decoder-only transformer of the Llama family over the unified text + video sequence.
 
 RMSNorm pre-norm blocks, rotary positions (half-split pairs, as in Llama), SwiGLU MLP, causal
-scaled-dot-product attention with grouped-query heads. Single-device math: the layers that a
-tensor-parallel run splits (attention and MLP projections, the embedding, the output head and
-its cross-entropy) come in through a `LayerSpec`. `LOCAL_SPEC` builds plain torch layers;
-`loong_dist.parallel.tensor_parallel` builds megatron-core's parallel ones. The model reads the
-number of heads on this rank from the projection's output width, so it never asks about ranks.
+scaled-dot-product attention with grouped-query heads. Rotary positions are 1D over the flattened
+sequence, or with `model.rope="3d"` (frame, row, column) for video tokens (`video_positions`), so
+that "the same cell one frame back" is one fixed relative offset in the attention's terms.
+
+Single-device math: the layers that a tensor-parallel run splits (attention and MLP projections, the
+embedding, the output head and its cross-entropy) come in through a `LayerSpec`. `LOCAL_SPEC` builds
+plain torch layers; `loong_dist.parallel.tensor_parallel` builds megatron-core's parallel ones. The
+model reads the number of heads on this rank from the projection's output width, so it never asks
+about ranks.
 
 Notation: b batch, s sequence, h hidden (dim), n heads (on this rank), k key/value heads (on
 this rank), r = n/k query heads per key/value head, d head width, v vocabulary (on this rank),
@@ -40,7 +44,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from loong_dist.config import ModelConfig
-from loong_dist.models.ar.layout import IGNORE
+from loong_dist.models.ar.layout import BOV_ID, IGNORE
 
 Init = Callable[[Tensor], None]
 
@@ -97,19 +101,62 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
-def rope_table(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos, sin of shape (max_seq_len, head_dim / 2), in float32."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+def rope_table(head_dim: int, max_seq_len: int, theta: float, sections: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
+    """cos, sin of shape (max_seq_len, head_dim / 2), in float32: column i rotates pair i by
+    position x inv_freq[i]. `sections` (pairs per axis, summing to head_dim / 2) gives each axis of
+    a multi-axis position its own geometric spectrum over its block of columns, from 1 down to
+    1/theta; empty: one spectrum over all pairs (1D rotary, as in Llama)."""
+    sections = sections or (head_dim // 2,)
+    inv_freq = torch.cat([1.0 / theta ** (torch.arange(n, dtype=torch.float64) / n) for n in sections])
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
     return angles.cos().float(), angles.sin().float()
 
 
+def rope_sections(head_dim: int) -> tuple[int, int, int]:
+    """Rotary pairs given to (frame, row, column) under 3D positions: 3/8 of the pairs to each
+    spatial axis, the rest to time (Qwen2-VL's M-RoPE split: 16/24/24 of 64 pairs; 4/6/6 of 16)."""
+    pairs = head_dim // 2
+    spatial = max(1, round(3 * pairs / 8))
+    return pairs - 2 * spatial, spatial, spatial
+
+
+NO_VIDEO = 1 << 30
+"""Origin of a row that has no <bov> (yet): every position in it is text."""
+
+
+def video_positions(tokens: Tensor, start: int, grid: tuple[int, int], bov_id: int,
+                    origin: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """3D rotary positions of `tokens` (b, s), the row's positions start..start+s: (b, s, 3) int64
+    (frame, row, column) axes, and each row's origin (b,): the index of its first <bov>.
+
+    Up to the origin (the text and <bov>) a token at index i sits at (i, i, i), so text alone
+    rotates as 1D rotary does. The j-th video token after it sits at (o + 1 + t, o + 1 + r,
+    o + 1 + c), with (t, r, c) its latent frame and place in the frame's raster order on a
+    `grid` = (rows, columns) latent frame: the same place one frame back is one step on the time
+    axis, the cell to its left one step on the column axis, whatever the frame's size in tokens.
+    Positions are relative within a row, so left padding shifts a row without changing it.
+    `origin` continues a row whose <bov> came earlier (a KV cache): NO_VIDEO where none has yet."""
+    b, s = tokens.shape
+    index = torch.arange(start, start + s, device=tokens.device)[None, :]  # (1, s)
+    is_bov = tokens == bov_id
+    found = torch.where(is_bov.any(1), is_bov.int().argmax(1) + start, NO_VIDEO)  # (b,)
+    origin = found if origin is None else torch.minimum(origin.to(found.device), found)
+    j = index - origin[:, None] - 1  # (b, s): index among the video tokens, < 0 for the text
+    h, w = grid
+    per_frame = h * w
+    video = j >= 0
+    o = origin[:, None] + 1
+    axes = [torch.where(video, o + a, index) for a in (j // per_frame, (j // w) % h, j % w)]
+    return torch.stack(axes, dim=-1), origin
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (b, s, ..., d) by position: pairs are (i, i + d/2). cos, sin: (s, d/2). The head
-    dimensions between s and d may be any number (heads, or kv groups and heads in a group)."""
+    """Rotate (b, s, ..., d) by position: pairs are (i, i + d/2). cos, sin: (s, d/2), or
+    (b, s, d/2) when rows have positions of their own. The head dimensions between s and d may be
+    any number (heads, or kv groups and heads in a group)."""
     x1, x2 = x.float().chunk(2, dim=-1)
-    shape = (1, x.shape[1]) + (1,) * (x.ndim - 3) + (-1,)
-    cos, sin = cos.view(shape), sin.view(shape)  # (1, s, 1.., d/2)
+    shape = (cos.shape[0] if cos.ndim == 3 else 1, x.shape[1]) + (1,) * (x.ndim - 3) + (-1,)
+    cos, sin = cos.view(shape), sin.view(shape)  # (1 or b, s, 1.., d/2)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
 
 
@@ -173,6 +220,8 @@ class KVCache:
         self.capacity = capacity
         self.pos = 0
         """Positions written so far (all rows advance together)."""
+        self.origin: Tensor | None = None
+        """Per row, the position of its <bov> (3D rotary positions: see `video_positions`)."""
         self.keys: list[Tensor | None] = [None] * n_layers
         self.values: list[Tensor | None] = [None] * n_layers
         self.valid = valid
@@ -289,7 +338,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, spec) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = spec.lm_head(cfg.dim, vocab_size, init)
-        cos, sin = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = self._rope_table()
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.checkpoint_activations = False
@@ -301,9 +350,28 @@ class Transformer(nn.Module):
         late in a long sequence. They are recomputed on their new device."""
         super()._apply(fn, recurse)
         if self.rope_cos.dtype != torch.float32:
-            cos, sin = rope_table(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+            cos, sin = self._rope_table()
             self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
         return self
+
+    def _rope_table(self) -> tuple[Tensor, Tensor]:
+        sections = rope_sections(self.cfg.head_dim) if self.cfg.rope == "3d" else ()
+        return rope_table(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, sections)
+
+    def rotary(self, tokens: Tensor, start: int, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
+        """cos, sin of the positions start..start+s of `tokens` (b, s): (s, d/2) for 1D rotary,
+        (b, s, d/2) for 3D (`video_positions`), whose rows' origins the cache keeps."""
+        if self.cfg.rope != "3d":
+            return self.rope_cos[start:start + tokens.shape[1]], self.rope_sin[start:start + tokens.shape[1]]
+        positions, origin = video_positions(tokens, start, tuple(self.cfg.latent_grid), BOV_ID,
+                                            cache.origin if cache is not None else None)
+        if cache is not None:
+            cache.origin = origin
+        sections = rope_sections(self.cfg.head_dim)
+        bounds = [0, sections[0], sections[0] + sections[1], sum(sections)]
+        cos = torch.cat([self.rope_cos[positions[..., a], bounds[a]:bounds[a + 1]] for a in range(3)], dim=-1)
+        sin = torch.cat([self.rope_sin[positions[..., a], bounds[a]:bounds[a + 1]] for a in range(3)], dim=-1)
+        return cos, sin  # (b, s, d/2)
 
     def new_cache(self, capacity: int, valid: Tensor | None = None) -> KVCache:
         """An empty KV cache for up to `capacity` positions; `valid` (b, prompt length) masks
@@ -318,7 +386,7 @@ class Transformer(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + s > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + s} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
-        cos, sin = self.rope_cos[start:start + s], self.rope_sin[start:start + s]
+        cos, sin = self.rotary(tokens, start, cache)
         x = self.embed(tokens)  # (b, s, h)
         for i, block in enumerate(self.blocks):
             if cache is not None:

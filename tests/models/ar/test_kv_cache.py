@@ -1,4 +1,5 @@
-"""KV cache: incremental logits against the full causal forward (the reference), fp32.
+"""KV cache: incremental logits against the full causal forward (the reference), fp32, with 1D
+rotary positions and with 3D ones (video tokens placed on a 2x3 latent grid after each row's <bov>).
 
 Tolerance: atol 2e-5, rtol 1e-4 on logits of size ~1 - the cached path sums attention over the
 same keys in another order (one query against L keys vs. the full causal matrix)."""
@@ -7,21 +8,32 @@ import pytest
 import torch
 
 from loong_dist.config import ModelConfig
+from loong_dist.models.ar.layout import BOV_ID
 from loong_dist.models.ar.model import Transformer
 
 TOL = dict(rtol=1e-4, atol=2e-5)
 
 
-@pytest.fixture
-def model():
+@pytest.fixture(params=["1d", "3d"])
+def model(request):
     torch.manual_seed(0)
     # 4 query heads over 2 kv heads: the cache path runs grouped-query attention too
-    return Transformer(ModelConfig(size="tiny", max_seq_len=64), vocab_size=384).eval()
+    return Transformer(ModelConfig(size="tiny", max_seq_len=64, rope=request.param, latent_grid=[2, 3]),
+                       vocab_size=384).eval()
+
+
+def _random_rows(shape, seed, bov_at):
+    """Random tokens without <bov>, then one <bov> at index bov_at[i] of row i: 3D positions
+    count video tokens from it."""
+    tokens = torch.randint(BOV_ID + 1, 384, shape, generator=torch.Generator().manual_seed(seed))
+    for row, at in enumerate(bov_at):
+        tokens[row, at] = BOV_ID
+    return tokens
 
 
 @torch.no_grad()
 def test_token_by_token_equals_full_recompute(model):
-    tokens = torch.randint(0, 384, (3, 48), generator=torch.Generator().manual_seed(1))
+    tokens = _random_rows((3, 48), 1, [3, 8, 12])  # <bov> before, at and after the prefill's end
     full = model(tokens)  # (b, s, v)
     cache = model.new_cache(48)
     prefill = 9
@@ -34,7 +46,7 @@ def test_token_by_token_equals_full_recompute(model):
 
 @torch.no_grad()
 def test_chunked_prefill_equals_full_recompute(model):
-    tokens = torch.randint(0, 384, (2, 40), generator=torch.Generator().manual_seed(2))
+    tokens = _random_rows((2, 40), 2, [5, 9])
     full = model(tokens)
     cache = model.new_cache(40)
     chunks = [model(tokens[:, a:a + 7], cache=cache) for a in range(0, 40, 7)]  # 7,7,...,5 queries
@@ -45,9 +57,8 @@ def test_chunked_prefill_equals_full_recompute(model):
 def test_left_padded_rows_equal_each_row_alone(model):
     """Prompts of different lengths in one batch: left padding masked in the cache gives each
     row's own logits (rotary positions are relative)."""
-    g = torch.Generator().manual_seed(3)
     lengths, new = [5, 11, 8], 12
-    rows = [torch.randint(1, 384, (n + new,), generator=g) for n in lengths]
+    rows = [_random_rows((1, n + new), 3 + i, [n - 1])[0] for i, n in enumerate(lengths)]  # prompts end in <bov>
     width = max(lengths)
     prompt = torch.zeros(3, width, dtype=torch.long)
     valid = torch.zeros(3, width, dtype=torch.bool)

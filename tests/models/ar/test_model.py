@@ -247,14 +247,17 @@ def _float64(w):
     return {k: _float64(v) for k, v in w.items()} if isinstance(w, dict) else [_float64(v) for v in w]
 
 
-def _reference_logits(w: dict, cfg: ModelConfig, tokens: torch.Tensor) -> torch.Tensor:
+def _reference_logits(w: dict, cfg: ModelConfig, tokens: torch.Tensor, angle: torch.Tensor | None = None
+                      ) -> torch.Tensor:
     """The Llama forward written out head by head, in float64, sharing no code with the model:
     RMSNorm, rotary positions on (i, i + d/2) pairs, causal softmax attention where query head j
-    reads key/value head j // (n/k), SwiGLU. tokens (b, s) -> logits (b, s, v)."""
+    reads key/value head j // (n/k), SwiGLU. tokens (b, s) -> logits (b, s, v). `angle` (b, s, d/2):
+    each pair's rotation at each position; default 1D rotary (position x theta^(-2i/d))."""
     w = _float64(w)
     d, s = cfg.head_dim, tokens.shape[1]
-    inv_freq = cfg.rope_theta ** -(torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
-    angle = torch.arange(s, dtype=torch.float64)[:, None] * inv_freq  # (s, d/2)
+    if angle is None:
+        inv_freq = cfg.rope_theta ** -(torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
+        angle = torch.arange(s, dtype=torch.float64)[:, None] * inv_freq  # (s, d/2)
     cos, sin = angle.cos(), angle.sin()
     future = torch.ones(s, s, dtype=torch.bool).triu(1)
 
@@ -329,6 +332,55 @@ def test_export_with_unfused_projections_loads_to_the_same_model(tmp_path, monke
     _write_model_file(broken, cfg, layout, tmp_path / "broken.safetensors")
     with pytest.raises(ModelFileError, match="blocks.1.attention.wk.weight"):
         load_model(tmp_path / "broken.safetensors")
+
+
+def _video_angles(tokens: torch.Tensor, grid: tuple[int, int], sections: tuple[int, int, int], theta: float
+                  ) -> torch.Tensor:
+    """3D rotary angles (b, s, d/2) written out from their definition, token by token: up to a row's
+    first <bov> (id 4) index i is at (i, i, i); the j-th video token after a <bov> at index o is at
+    (o + 1 + frame, o + 1 + row, o + 1 + column) of a rows x columns raster. Pair k belongs to the
+    axis whose section holds it and turns at theta^(-m / n) per step, m its place in the n pairs of
+    that section."""
+    b, s = tokens.shape
+    axis_of, rate = [], []
+    for a, n in enumerate(sections):
+        axis_of += [a] * n
+        rate += [theta ** (-m / n) for m in range(n)]
+    angle = torch.zeros(b, s, len(rate), dtype=torch.float64)
+    rows, cols = grid
+    for r in range(b):
+        origin = None
+        for i in range(s):
+            if origin is None:
+                place = (i, i, i)
+                if int(tokens[r, i]) == 4:
+                    origin = i
+            else:
+                j = i - origin - 1
+                place = (origin + 1 + j // (rows * cols), origin + 1 + (j // cols) % rows, origin + 1 + j % cols)
+            for k in range(len(rate)):
+                angle[r, i, k] = place[axis_of[k]] * rate[k]
+    return angle
+
+
+def test_3d_rotary_positions_match_their_definition(tmp_path):
+    """rope="3d": logits of a saved model against the head-by-head float64 forward with 3D angles
+    derived independently (text on the diagonal, video on a 3x4 grid after <bov>, pairs split 4/6/6
+    over frame/row/column at head width 32), for rows whose <bov> sits at different places; the same
+    weights with 1D positions give other logits."""
+    cfg = ModelConfig(size="tiny", dim=64, n_heads=2, n_kv_heads=1, max_seq_len=64, rope="3d", latent_grid=[3, 4])
+    assert cfg.head_dim == 32
+    layout = VocabLayout(text_vocab_size=300, codebook_size=64, vocab_multiple=128)
+    w = _per_head_weights(cfg, layout.padded_vocab_size, seed=2)
+    _write_model_file(_unfused_tensors(w), cfg, layout, tmp_path / "m.safetensors")
+    tokens = torch.randint(5, layout.padded_vocab_size, (3, 40), generator=torch.Generator().manual_seed(3))
+    tokens[0, 2], tokens[1, 9], tokens[1, 30] = 4, 4, 4  # row 2 has no <bov>: all text
+    want = _reference_logits(w, cfg, tokens, _video_angles(tokens, (3, 4), (4, 6, 6), cfg.rope_theta))
+    with torch.no_grad():
+        got = load_model(tmp_path / "m.safetensors")[0](tokens).double()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    one_d = _reference_logits(w, cfg, tokens)
+    assert (one_d - want)[:2, 4:].abs().max() > 100 * (got - want).abs().max()
 
 
 def test_rotary_tables_stay_float32_when_the_weights_go_bf16():
