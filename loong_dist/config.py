@@ -250,8 +250,9 @@ class ModelConfig:
     rope: str = "1d"
     """Rotary positions. "1d": one position per token over the flattened sequence (Llama). "3d": video
     tokens rotate by (latent frame, row, column), each axis on its own share of the head's pairs,
-    text by its index on all three (Qwen2-VL's M-RoPE); the same cell one latent frame back is then
-    one step on one axis instead of rows x columns tokens back."""
+    text by its index on all three (Qwen2-VL's M-RoPE); keys at the place of the token they hold,
+    queries at the place of the token they predict. The target's own cell one latent frame back is
+    then one step on one axis for every query, instead of rows x columns - 1 tokens back."""
     latent_grid: list[int] = field(default_factory=lambda: [16, 16])
     """Rows and columns of a latent frame (the video tokenizer's grid at the training size: 16 x 16
     at 128 px); rope="3d" places video tokens on it, and training and generation check it."""

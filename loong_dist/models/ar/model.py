@@ -125,7 +125,7 @@ NO_VIDEO = 1 << 30
 
 
 def video_positions(tokens: Tensor, start: int, grid: tuple[int, int], bov_id: int,
-                    origin: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                    origin: Tensor | None = None, shift: int = 0) -> tuple[Tensor, Tensor]:
     """3D rotary positions of `tokens` (b, s), the row's positions start..start+s: (b, s, 3) int64
     (frame, row, column) axes, and each row's origin (b,): the index of its first <bov>.
 
@@ -135,12 +135,13 @@ def video_positions(tokens: Tensor, start: int, grid: tuple[int, int], bov_id: i
     `grid` = (rows, columns) latent frame: the same place one frame back is one step on the time
     axis, the cell to its left one step on the column axis, whatever the frame's size in tokens.
     Positions are relative within a row, so left padding shifts a row without changing it.
-    `origin` continues a row whose <bov> came earlier (a KV cache): NO_VIDEO where none has yet."""
+    `origin` continues a row whose <bov> came earlier (a KV cache): NO_VIDEO where none has yet.
+    `shift`: the positions of the indices `shift` later (1: the tokens each position predicts)."""
     b, s = tokens.shape
-    index = torch.arange(start, start + s, device=tokens.device)[None, :]  # (1, s)
     is_bov = tokens == bov_id
     found = torch.where(is_bov.any(1), is_bov.int().argmax(1) + start, NO_VIDEO)  # (b,)
     origin = found if origin is None else torch.minimum(origin.to(found.device), found)
+    index = torch.arange(start + shift, start + shift + s, device=tokens.device)[None, :]  # (1, s)
     j = index - origin[:, None] - 1  # (b, s): index among the video tokens, < 0 for the text
     h, w = grid
     per_frame = h * w
@@ -276,10 +277,16 @@ class Attention(nn.Module):
         self.wqkv = spec.column_linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, init)
         self.wo = spec.row_linear(cfg.n_heads * cfg.head_dim, cfg.dim, out_init)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0,
+                q_cos: Tensor | None = None, q_sin: Tensor | None = None) -> Tensor:
+        """cos, sin rotate the keys, and the queries too unless q_cos, q_sin are given."""
         b, s, _ = x.shape
         qkv = self.wqkv(x).view(b, s, -1, self.group + 2, self.head_dim)  # (b, s, k, r+2, d)
-        qk = apply_rope(qkv[..., :-1, :], cos, sin)  # (b, s, k, r+1, d): queries and key of each group
+        if q_cos is None:
+            qk = apply_rope(qkv[..., :-1, :], cos, sin)  # (b, s, k, r+1, d): queries and key of each group
+        else:
+            q, k = apply_rope(qkv[..., :-2, :], q_cos, q_sin), apply_rope(qkv[..., -2:-1, :], cos, sin)
+            qk = torch.cat([q, k], dim=-2)
         q = qk[..., :-1, :].flatten(2, 3)  # (b, s, n, d)
         k, v = qk[..., -1, :], qkv[..., -1, :]  # (b, s, k, d)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (b, n|k, s, d)
@@ -319,8 +326,9 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = SwiGLU(cfg, spec)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, cache, layer)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0,
+                q_cos: Tensor | None = None, q_sin: Tensor | None = None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache, layer, q_cos, q_sin)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -355,23 +363,37 @@ class Transformer(nn.Module):
         return self
 
     def _rope_table(self) -> tuple[Tensor, Tensor]:
-        sections = rope_sections(self.cfg.head_dim) if self.cfg.rope == "3d" else ()
-        return rope_table(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, sections)
-
-    def rotary(self, tokens: Tensor, start: int, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
-        """cos, sin of the positions start..start+s of `tokens` (b, s): (s, d/2) for 1D rotary,
-        (b, s, d/2) for 3D (`video_positions`), whose rows' origins the cache keeps."""
         if self.cfg.rope != "3d":
-            return self.rope_cos[start:start + tokens.shape[1]], self.rope_sin[start:start + tokens.shape[1]]
-        positions, origin = video_positions(tokens, start, tuple(self.cfg.latent_grid), BOV_ID,
-                                            cache.origin if cache is not None else None)
+            return rope_table(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+        # a query's target is one index on: the last position's needs row max_seq_len
+        return rope_table(self.cfg.head_dim, self.cfg.max_seq_len + 1, self.cfg.rope_theta,
+                          rope_sections(self.cfg.head_dim))
+
+    def rotary(self, tokens: Tensor, start: int, cache: KVCache | None = None
+               ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Rotations of the positions start..start+s of `tokens` (b, s): keys' cos, sin, then the
+        queries' (None: as the keys'). 1D: (s, d/2), one table for both (the one-step shift of a
+        query's target would be the same for every pair of positions). 3D (`video_positions`):
+        (b, s, d/2); a key sits at the place of the token it holds and a query at the place of the
+        token it predicts, so that "the target's own cell one frame back" is (-1, 0, 0) for every
+        query, where from the query's own place it would jump at each row's end. The cache keeps
+        each row's origin."""
+        if self.cfg.rope != "3d":
+            end = start + tokens.shape[1]
+            return self.rope_cos[start:end], self.rope_sin[start:end], None, None
+        grid = tuple(self.cfg.latent_grid)
+        keys, origin = video_positions(tokens, start, grid, BOV_ID, cache.origin if cache is not None else None)
+        targets, _ = video_positions(tokens, start, grid, BOV_ID, origin, shift=1)
         if cache is not None:
             cache.origin = origin
         sections = rope_sections(self.cfg.head_dim)
         bounds = [0, sections[0], sections[0] + sections[1], sum(sections)]
-        cos = torch.cat([self.rope_cos[positions[..., a], bounds[a]:bounds[a + 1]] for a in range(3)], dim=-1)
-        sin = torch.cat([self.rope_sin[positions[..., a], bounds[a]:bounds[a + 1]] for a in range(3)], dim=-1)
-        return cos, sin  # (b, s, d/2)
+
+        def rotation(table: Tensor, positions: Tensor) -> Tensor:  # (b, s, d/2)
+            return torch.cat([table[positions[..., a], bounds[a]:bounds[a + 1]] for a in range(3)], dim=-1)
+
+        return (rotation(self.rope_cos, keys), rotation(self.rope_sin, keys),
+                rotation(self.rope_cos, targets), rotation(self.rope_sin, targets))
 
     def new_cache(self, capacity: int, valid: Tensor | None = None) -> KVCache:
         """An empty KV cache for up to `capacity` positions; `valid` (b, prompt length) masks
@@ -386,15 +408,15 @@ class Transformer(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + s > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + s} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
-        cos, sin = self.rotary(tokens, start, cache)
+        cos, sin, q_cos, q_sin = self.rotary(tokens, start, cache)
         x = self.embed(tokens)  # (b, s, h)
         for i, block in enumerate(self.blocks):
             if cache is not None:
-                x = block(x, cos, sin, cache, i)
+                x = block(x, cos, sin, cache, i, q_cos, q_sin)
             elif self.checkpoint_activations and self.training:
-                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, None, 0, q_cos, q_sin, use_reentrant=False)
             else:
-                x = block(x, cos, sin)
+                x = block(x, cos, sin, None, 0, q_cos, q_sin)
         if cache is not None:
             cache.pos += s
         if last_only:  # a prompt's prefill needs the next-token logits of its last position only

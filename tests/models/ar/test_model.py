@@ -247,26 +247,27 @@ def _float64(w):
     return {k: _float64(v) for k, v in w.items()} if isinstance(w, dict) else [_float64(v) for v in w]
 
 
-def _reference_logits(w: dict, cfg: ModelConfig, tokens: torch.Tensor, angle: torch.Tensor | None = None
-                      ) -> torch.Tensor:
+def _reference_logits(w: dict, cfg: ModelConfig, tokens: torch.Tensor, angle: torch.Tensor | None = None,
+                      q_angle: torch.Tensor | None = None) -> torch.Tensor:
     """The Llama forward written out head by head, in float64, sharing no code with the model:
     RMSNorm, rotary positions on (i, i + d/2) pairs, causal softmax attention where query head j
     reads key/value head j // (n/k), SwiGLU. tokens (b, s) -> logits (b, s, v). `angle` (b, s, d/2):
-    each pair's rotation at each position; default 1D rotary (position x theta^(-2i/d))."""
+    each pair's rotation at each position, of the keys and, unless `q_angle` is given, the queries;
+    default 1D rotary (position x theta^(-2i/d))."""
     w = _float64(w)
     d, s = cfg.head_dim, tokens.shape[1]
     if angle is None:
         inv_freq = cfg.rope_theta ** -(torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
         angle = torch.arange(s, dtype=torch.float64)[:, None] * inv_freq  # (s, d/2)
-    cos, sin = angle.cos(), angle.sin()
+    q_angle = angle if q_angle is None else q_angle
     future = torch.ones(s, s, dtype=torch.bool).triu(1)
 
     def rms(x, weight):
         return x / (x.pow(2).mean(-1, keepdim=True) + cfg.norm_eps).sqrt() * weight
 
-    def rotate(x):  # (b, s, d)
+    def rotate(x, angle):  # (b, s, d)
         x1, x2 = x[..., :d // 2], x[..., d // 2:]
-        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        return torch.cat([x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin()], dim=-1)
 
     x = w["embed"][tokens]  # (b, s, h)
     for blk in w["blocks"]:
@@ -274,7 +275,7 @@ def _reference_logits(w: dict, cfg: ModelConfig, tokens: torch.Tensor, angle: to
         heads = []
         for j, wq in enumerate(blk["q"]):
             g = j // (cfg.n_heads // cfg.n_kv_heads)
-            q, k, v = rotate(a @ wq.T), rotate(a @ blk["k"][g].T), a @ blk["v"][g].T  # (b, s, d)
+            q, k, v = rotate(a @ wq.T, q_angle), rotate(a @ blk["k"][g].T, angle), a @ blk["v"][g].T  # (b, s, d)
             scores = (q @ k.transpose(1, 2) / math.sqrt(d)).masked_fill(future, float("-inf"))  # (b, s, s)
             heads.append(scores.softmax(-1) @ v)
         x = x + torch.cat(heads, dim=-1) @ blk["wo"].T  # heads side by side: (b, s, n*d)
@@ -334,14 +335,15 @@ def test_export_with_unfused_projections_loads_to_the_same_model(tmp_path, monke
         load_model(tmp_path / "broken.safetensors")
 
 
-def _video_angles(tokens: torch.Tensor, grid: tuple[int, int], sections: tuple[int, int, int], theta: float
-                  ) -> torch.Tensor:
-    """3D rotary angles (b, s, d/2) written out from their definition, token by token: up to a row's
-    first <bov> (id 4) index i is at (i, i, i); the j-th video token after a <bov> at index o is at
-    (o + 1 + frame, o + 1 + row, o + 1 + column) of a rows x columns raster. Pair k belongs to the
-    axis whose section holds it and turns at theta^(-m / n) per step, m its place in the n pairs of
-    that section."""
+def _video_angles(tokens: torch.Tensor, grid: tuple[int, int], sections: tuple[int, int, int], theta: float,
+                  shift: int = 0) -> torch.Tensor:
+    """3D rotary angles (b, s, d/2) of the indices `shift` on from each position, written out from
+    their definition, token by token: up to a row's first <bov> (id 4) index i is at (i, i, i); the
+    j-th video token after a <bov> at index o is at (o + 1 + frame, o + 1 + row, o + 1 + column) of
+    a rows x columns raster. Pair k belongs to the axis whose section holds it and turns at
+    theta^(-m / n) per step, m its place in the n pairs of that section."""
     b, s = tokens.shape
+    s += shift
     axis_of, rate = [], []
     for a, n in enumerate(sections):
         axis_of += [a] * n
@@ -353,21 +355,22 @@ def _video_angles(tokens: torch.Tensor, grid: tuple[int, int], sections: tuple[i
         for i in range(s):
             if origin is None:
                 place = (i, i, i)
-                if int(tokens[r, i]) == 4:
+                if i < tokens.shape[1] and int(tokens[r, i]) == 4:
                     origin = i
             else:
                 j = i - origin - 1
                 place = (origin + 1 + j // (rows * cols), origin + 1 + (j // cols) % rows, origin + 1 + j % cols)
             for k in range(len(rate)):
                 angle[r, i, k] = place[axis_of[k]] * rate[k]
-    return angle
+    return angle[:, shift:]
 
 
 def test_3d_rotary_positions_match_their_definition(tmp_path):
     """rope="3d": logits of a saved model against the head-by-head float64 forward with 3D angles
     derived independently (text on the diagonal, video on a 3x4 grid after <bov>, pairs split 4/6/6
-    over frame/row/column at head width 32), for rows whose <bov> sits at different places; the same
-    weights with 1D positions give other logits."""
+    over frame/row/column at head width 32; keys at their own index's place, queries at the next
+    index's), for rows whose <bov> sits at different places; queries at their own place, or 1D
+    positions, give other logits."""
     cfg = ModelConfig(size="tiny", dim=64, n_heads=2, n_kv_heads=1, max_seq_len=64, rope="3d", latent_grid=[3, 4])
     assert cfg.head_dim == 32
     layout = VocabLayout(text_vocab_size=300, codebook_size=64, vocab_multiple=128)
@@ -375,12 +378,13 @@ def test_3d_rotary_positions_match_their_definition(tmp_path):
     _write_model_file(_unfused_tensors(w), cfg, layout, tmp_path / "m.safetensors")
     tokens = torch.randint(5, layout.padded_vocab_size, (3, 40), generator=torch.Generator().manual_seed(3))
     tokens[0, 2], tokens[1, 9], tokens[1, 30] = 4, 4, 4  # row 2 has no <bov>: all text
-    want = _reference_logits(w, cfg, tokens, _video_angles(tokens, (3, 4), (4, 6, 6), cfg.rope_theta))
+    keys = _video_angles(tokens, (3, 4), (4, 6, 6), cfg.rope_theta)
+    want = _reference_logits(w, cfg, tokens, keys, _video_angles(tokens, (3, 4), (4, 6, 6), cfg.rope_theta, shift=1))
     with torch.no_grad():
         got = load_model(tmp_path / "m.safetensors")[0](tokens).double()
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    one_d = _reference_logits(w, cfg, tokens)
-    assert (one_d - want)[:2, 4:].abs().max() > 100 * (got - want).abs().max()
+    for other in (_reference_logits(w, cfg, tokens), _reference_logits(w, cfg, tokens, keys)):
+        assert (other - want)[:2, 4:].abs().max() > 100 * (got - want).abs().max()
 
 
 def test_rotary_tables_stay_float32_when_the_weights_go_bf16():
