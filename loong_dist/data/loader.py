@@ -42,8 +42,8 @@ def collate(samples: Sequence[Sample], layout: VocabLayout, drop_text: Sequence[
     drop_text[i]: sample i gets the empty caption (`<s> <bov>` then its video). latent_grid: the
     (rows, columns) every sample's latent frames must have (a model with 3D positions is built for one)."""
     drop_text = drop_text if drop_text is not None else [False] * len(samples)
-    for s in samples:
-        if latent_grid is not None and list(s.video.shape[1:]) != list(latent_grid):
+    for s in samples if latent_grid is not None else ():
+        if list(s.video.shape[1:]) != list(latent_grid):
             raise ShardError(f"sample {s.key}: latent frames of {s.video.shape[1]}x{s.video.shape[2]} codes, the model "
                              f"places video tokens on model.latent_grid={list(latent_grid)}")
     built = [layout.build([] if drop else s.text.tolist(), s.video) for s, drop in zip(samples, drop_text)]

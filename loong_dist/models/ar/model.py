@@ -125,9 +125,10 @@ NO_VIDEO = 1 << 30
 
 
 def video_positions(tokens: Tensor, start: int, grid: tuple[int, int], bov_id: int,
-                    origin: Tensor | None = None, shift: int = 0) -> tuple[Tensor, Tensor]:
-    """3D rotary positions of `tokens` (b, s), the row's positions start..start+s: (b, s, 3) int64
-    (frame, row, column) axes, and each row's origin (b,): the index of its first <bov>.
+                    origin: Tensor | None = None, length: int | None = None) -> tuple[Tensor, Tensor]:
+    """3D rotary positions of the row indices start..start+length (default: those of `tokens` (b, s),
+    s of them): (b, length, 3) int64 (frame, row, column) axes, and each row's origin (b,): the
+    index of its first <bov> in `tokens`.
 
     Up to the origin (the text and <bov>) a token at index i sits at (i, i, i), so text alone
     rotates as 1D rotary does. The j-th video token after it sits at (o + 1 + t, o + 1 + r,
@@ -136,12 +137,12 @@ def video_positions(tokens: Tensor, start: int, grid: tuple[int, int], bov_id: i
     axis, the cell to its left one step on the column axis, whatever the frame's size in tokens.
     Positions are relative within a row, so left padding shifts a row without changing it.
     `origin` continues a row whose <bov> came earlier (a KV cache): NO_VIDEO where none has yet.
-    `shift`: the positions of the indices `shift` later (1: the tokens each position predicts)."""
+    `length` s + 1 also places the token the last position predicts."""
     b, s = tokens.shape
     is_bov = tokens == bov_id
     found = torch.where(is_bov.any(1), is_bov.int().argmax(1) + start, NO_VIDEO)  # (b,)
     origin = found if origin is None else torch.minimum(origin.to(found.device), found)
-    index = torch.arange(start + shift, start + shift + s, device=tokens.device)[None, :]  # (1, s)
+    index = torch.arange(start, start + (length or s), device=tokens.device)[None, :]  # (1, length)
     j = index - origin[:, None] - 1  # (b, s): index among the video tokens, < 0 for the text
     h, w = grid
     per_frame = h * w
@@ -382,8 +383,9 @@ class Transformer(nn.Module):
             end = start + tokens.shape[1]
             return self.rope_cos[start:end], self.rope_sin[start:end], None, None
         grid = tuple(self.cfg.latent_grid)
-        keys, origin = video_positions(tokens, start, grid, BOV_ID, cache.origin if cache is not None else None)
-        targets, _ = video_positions(tokens, start, grid, BOV_ID, origin, shift=1)
+        # index i + 1 is the place of the token position i predicts: one pass over s + 1 indices
+        places, origin = video_positions(tokens, start, grid, BOV_ID, cache.origin if cache is not None else None,
+                                         length=tokens.shape[1] + 1)
         if cache is not None:
             cache.origin = origin
         sections = rope_sections(self.cfg.head_dim)
@@ -392,8 +394,8 @@ class Transformer(nn.Module):
         def rotation(table: Tensor, positions: Tensor) -> Tensor:  # (b, s, d/2)
             return torch.cat([table[positions[..., a], bounds[a]:bounds[a + 1]] for a in range(3)], dim=-1)
 
-        return (rotation(self.rope_cos, keys), rotation(self.rope_sin, keys),
-                rotation(self.rope_cos, targets), rotation(self.rope_sin, targets))
+        cos, sin = rotation(self.rope_cos, places), rotation(self.rope_sin, places)  # (b, s + 1, d/2)
+        return cos[:, :-1], sin[:, :-1], cos[:, 1:], sin[:, 1:]
 
     def new_cache(self, capacity: int, valid: Tensor | None = None) -> KVCache:
         """An empty KV cache for up to `capacity` positions; `valid` (b, prompt length) masks
