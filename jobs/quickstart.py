@@ -14,8 +14,9 @@ Steps: real sample videos -> synthetic clips -> text tokenizer -> video tokenize
 checkpoint, checkpoints/tokenizer_cpu/; --train-tokenizer trains one instead) -> Ray
 pre-tokenization into shards -> Loong stages 1-3 (images, 17-frame clips, 65-frame clips; 2 ranks,
 DeepSpeed ZeRO-1, each stage from the previous one's weights) -> the stage-2 recipe again with the
-plain token mean (the re-weighting ablation) -> 60 s videos for held-out synthetic prompts ->
-tokenizer and generation evaluation -> 60 s videos from the shipped transformer
+plain token mean (the re-weighting ablation) -> 60 s videos for held-out synthetic prompts, also
+written at 512 px by the shipped 4x upscaler (checkpoints/upscaler_cpu/, --upscaler) -> tokenizer
+and generation evaluation -> 60 s videos from the shipped transformer
 (checkpoints/t2v_cpu/, --shipped-seconds; prompts held out of its own training corpus) and their
 evaluation -> report.html. The demo's own tiny transformer exercises the pipeline; the shipped one,
 trained for hours by the same jobs (configs/cpu/), is what shows the prompts followed. Overrides
@@ -51,6 +52,9 @@ PROMPTS = 3
 SHIPPED_MODEL = PROJECT_ROOT / "checkpoints" / "t2v_cpu" / "model.safetensors"
 """The transformer the project ships (trained by configs/cpu/, model card beside it): the demo
 also generates with it, for prompts held out from its training data."""
+SHIPPED_UPSCALER = PROJECT_ROOT / "checkpoints" / "upscaler_cpu" / "upscaler.safetensors"
+"""The 4x video upscaler the project ships (jobs.train_upscaler, model card beside it): the demo's
+own generated videos are also written at 512 px with it."""
 SHIPPED_RECIPE = PROJECT_ROOT / "configs" / "cpu" / "loong.yaml"
 """Its recipe; its `synthetic` section names the appearances held out of its training corpus."""
 
@@ -70,7 +74,7 @@ class Step:
 
 
 def plan(out: Path, size: str, data_config: str, train_tokenizer: bool, shards: str,
-         shipped_seconds: float = 60.0) -> list[Step]:
+         shipped_seconds: float = 60.0, upscaler: str = "") -> list[Step]:
     def cfg(suffix: str = "") -> str:
         return data_config if not suffix else str(CONFIGS / f"{size}{suffix}.yaml")
 
@@ -103,7 +107,7 @@ def plan(out: Path, size: str, data_config: str, train_tokenizer: bool, shards: 
         Step("generate", "jobs.generate", cfg("_stage3"),
              ["--checkpoint", str(out / STAGES[-1] / "model.safetensors"), "--tokenizer", tokenizer,
               "--text-tokenizer", text_model, "--prompts-file", str(out / "prompts.jsonl"),
-              "--out", str(out / "generate" / "videos.mp4")]),
+              "--out", str(out / "generate" / "videos.mp4"), *(["--upscaler", upscaler] if upscaler else [])]),
         Step("generate_eval", "jobs.evaluate", cfg("_stage3"),
              ["generation", "--videos", str(out / "generate" / "videos.json"), "--tokenizer", tokenizer,
               "--out", str(out / "generate_eval")]),
@@ -161,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shipped-seconds", type=float, default=60.0, metavar="S",
                         help=f"length of the videos generated with the shipped transformer "
                              f"{SHIPPED_MODEL.relative_to(PROJECT_ROOT)} (0: skip those steps)")
+    parser.add_argument("--upscaler", default=str(SHIPPED_UPSCALER) if SHIPPED_UPSCALER.is_file() else "",
+                        metavar="U", help=f"also write the demo's generated videos 4x larger with this upscaler "
+                                          f"(default: the shipped {SHIPPED_UPSCALER.relative_to(PROJECT_ROOT)} "
+                                          f"where present; '' for none)")
     command = "python -m jobs.quickstart " + " ".join(sys.argv[1:] if argv is None else argv)
     args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
     if args.config is None:
@@ -174,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     shards = f"{args.s3.rstrip('/')}/shards" if args.s3 else str(out / "shards")
-    steps = plan(out, args.size, args.config, args.train_tokenizer, shards, args.shipped_seconds)
+    steps = plan(out, args.size, args.config, args.train_tokenizer, shards, args.shipped_seconds, args.upscaler)
     started = time.time()
     for i, step in enumerate(steps, start=1):
         done = out / step.name / ".done"

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The CPU recipe end to end: the commands that make the shipped transformer checkpoints/t2v_cpu/.
+#   configs/cpu/recipe.sh RUN_DIR [STEP ...]      steps: data shards stage1 stage2 stage3 (default: all)
+# Every step is resumable: run it again with the same RUN_DIR after an interruption and it goes on
+# (rendered clips and complete shards are kept, training resumes from checkpoints/latest). A step
+# that finished writes RUN_DIR/<step>.done and is skipped next time. Keep RUN_DIR outside the work
+# tree (e.g. ~/.cache/loong/runs/t2v_cpu): it grows to ~10 GB of clips, shards and checkpoints.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ $# -ge 1 ] || { echo "usage: $0 RUN_DIR [data|shards|stage1|stage2|stage3 ...]" >&2; exit 2; }
+R=$(realpath -m "$1"); shift
+STEPS=${*:-data shards stage1 stage2 stage3}
+mkdir -p "$R"
+PY=${PYTHON:-.venv/bin/python}
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
+export LOONG_CACHE_DIR=${LOONG_CACHE_DIR:-$PWD/.cache/loong} RAY_USAGE_STATS_ENABLED=0
+export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824  # as the Makefile (loong_dist/cli.py)
+CFG=configs/cpu/loong.yaml  # synthetic.held_out: the appearances no step below ever trains on
+
+# Corpora: one per clip length, each rendered with its own seed (no clip repeats another).
+# name  frames  clips  seed
+CORPORA="images 1 8000 11
+clips17 17 4800 12
+clips65 65 2400 13"
+
+step_data() {
+  while read -r name frames n seed; do
+    $PY -m data_prep.synthetic --config $CFG --n "$n" --frames "$frames" --size 128 --seed "$seed" \
+      --out "$R/data/$name"
+  done <<< "$CORPORA"
+  $PY -m data_prep.text_tokenizer --config $CFG --manifest "$R/data/images/manifest.jsonl" \
+    --out "$R/data/text/text.model"
+}
+
+step_shards() {
+  while read -r name frames n seed; do
+    $PY -m data_prep.pretokenize --config $CFG --manifest "$R/data/$name/manifest.jsonl" \
+      --tokenizer checkpoints/tokenizer_cpu/tokenizer.safetensors --text-tokenizer "$R/data/text/text.model" \
+      --frames "$frames" --size 128 --out "$R/shards/$name" pretokenize.progress=false
+  done <<< "$CORPORA"
+}
+
+SHARDS="$R/shards/images,$R/shards/clips17,$R/shards/clips65"
+step_stage1() { $PY -m jobs.train --config configs/cpu/stage1_image.yaml --shards "$SHARDS" --out "$R/stage1_image"; }
+step_stage2() {
+  $PY -m jobs.train --config configs/cpu/stage2_short.yaml --shards "$SHARDS" --out "$R/stage2_short" \
+    train.init_from="$R/stage1_image"
+}
+step_stage3() {
+  $PY -m jobs.train --config configs/cpu/stage3_long.yaml --shards "$SHARDS" --out "$R/stage3_long" \
+    train.init_from="$R/stage2_short"
+}
+
+for s in $STEPS; do
+  if [ -e "$R/$s.done" ]; then echo "recipe: $s done before ($R/$s.done), skipped"; continue; fi
+  declare -F "step_$s" > /dev/null || { echo "recipe: unknown step '$s' (see the usage line)" >&2; exit 2; }
+  echo "recipe: $s started $(date -u +%FT%TZ)"
+  start=$(date +%s)
+  "step_$s"
+  echo "{\"step\": \"$s\", \"wall_s\": $(( $(date +%s) - start ))}" > "$R/$s.done"
+  echo "recipe: $s done in $(( $(date +%s) - start )) s"
+done
