@@ -28,6 +28,17 @@ per window the drift from the first clip (colour histogram and tokenizer-code hi
 code entropy, motion) and, for prompts that carry synthetic attributes, prompt alignment
 (attributes detected in the pixels against the prompt's); means per window index over the
 videos; DIR/generation_eval.json.
+
+    python -m jobs.evaluate frames --checkpoint M --manifest SYNTHETIC_MANIFEST --out DIR [--clips 48] [--frames 17]
+
+frames: a trained transformer's teacher-forced loss per latent frame on held-out synthetic clips
+(split=held_out: never trained on), half of them still where the manifest has enough, each clip
+encoded by the model's own video tokenizer and captioned by its own text tokenizer (both carried
+by the model file unless --tokenizer / --text-tokenizer). Tokens are grouped by the clip's motion
+and by whether their cell shows the object (from the clip's attributes); for frames >= 1 also the
+tokens that repeat their cell one latent frame back. copy_gain: on still clips' object cells,
+frame 0's loss minus the later frames' (near 0: the model redraws each frame instead of carrying
+it). DIR/frames_eval.json and DIR/frame_loss.png.
 """
 
 from __future__ import annotations
@@ -214,7 +225,80 @@ def evaluate_generation(argv: list[str]) -> int:
     return 0
 
 
-TARGETS = {"tokenizer": evaluate_tokenizer, "upscaler": evaluate_upscaler, "generation": evaluate_generation}
+def evaluate_frames(argv: list[str]) -> int:
+    import numpy as np
+
+    from loong_dist.evaluation.frame_loss import GROUPS, clip_token_loss, object_cells, summarise
+    from loong_dist.evaluation.plots import line_chart
+    from loong_dist.inference.carried import text_tokenizer, video_tokenizer_path
+    from loong_dist.io.video import read_clip
+    from loong_dist.models.ar.checkpoint import load_model, read_model_meta
+    from loong_dist.models.tokenizer import load_tokenizer
+    from loong_dist.precision import resolve_bf16
+
+    aliases = {"--manifest": "data.manifest", "--out": "run.out_dir", "--tokenizer": "tokenizer.path",
+               "--text-tokenizer": "text.path"}
+    parser = job_parser("python -m jobs.evaluate frames", "Teacher-forced loss per latent frame on held-out clips.",
+                        aliases, sections=("tokenizer", "text", "data", "run"))
+    parser.add_argument("--checkpoint", required=True, help="transformer file (model.safetensors, from jobs.train)")
+    parser.add_argument("--clips", type=int, default=48, help="held-out clips at most (half still where there are)")
+    parser.add_argument("--frames", type=int, default=17, help="frames per clip (1 + 4k), from each clip's start")
+    args = parser.parse_intermixed_args(argv)
+    cfg = resolve_config(args, aliases)
+    if not cfg.data.manifest:
+        raise ConfigError("config: data.manifest is empty: pass --manifest (written by data_prep.synthetic)")
+    storage = Storage(cfg.storage)
+    checkpoint = str(local_input(args.checkpoint, storage))
+    _, _, extra = read_model_meta(checkpoint)
+    model, layout = load_model(checkpoint)
+    text_tok = text_tokenizer(extra, cfg.text.path, args.checkpoint, storage)
+    tok_path = video_tokenizer_path(extra, cfg.tokenizer.path, args.checkpoint, storage)
+    video_tok = load_tokenizer(local_input(tok_path, storage))
+    _, rows_, cols_ = video_tok.latent_shape(args.frames, cfg.data.size, cfg.data.size)
+    held = [e for e in read_manifest(cfg.data.manifest, storage)[0]
+            if e.extra.get("split") == "held_out" and e.extra.get("attributes")
+            and int(e.extra.get("frames", 0)) >= args.frames]
+    still = [e for e in held if e.extra["attributes"]["motion"] == "still"]
+    moving = [e for e in held if e.extra["attributes"]["motion"] != "still"]
+    n_still = min(len(still), max(args.clips // 2, args.clips - len(moving)))  # half, or what moving ones lack
+    picked = still[:n_still] + moving[:args.clips - n_still]
+    if not picked:
+        raise UserError(f"{cfg.data.manifest}: no held-out synthetic clip of {args.frames}+ frames with attributes")
+    bf16 = resolve_bf16(cfg.generate.tokenizer_bf16, "cpu")
+    rows = []
+    for e in picked:
+        with storage.local_copy(e.video) as path:
+            clip = read_clip(path, 0.0, args.frames, fps=cfg.data.fps, size=cfg.data.size, name=e.video)
+        codes = video_tok.encode(clip[None], bf16=bf16)[0].cpu().numpy()  # (F, h, w)
+        text = text_tok.encode(e.caption, add_bos=True)[:cfg.text.max_text_tokens]
+        attrs = e.extra["attributes"]
+        rows.append({"still": attrs["motion"] == "still", "loss": clip_token_loss(model, layout, text, codes),
+                     "object": object_cells(attrs, args.frames, cfg.data.size, (rows_, cols_)),
+                     "tokens": layout.video_to_tokens(codes.reshape(-1)).reshape(codes.shape)})
+    result = summarise(rows)
+    out = RunFolder(cfg.run.out_dir, storage)
+    report = {"checkpoint": args.checkpoint, "video_tokenizer": tok_path, "manifest": cfg.data.manifest,
+              "frames": args.frames, **result,
+              "per_clip": [{"video": e.video, "caption": e.caption,
+                            "loss_per_frame": r["loss"].mean(axis=(1, 2)).tolist()} for e, r in zip(picked, rows)]}
+    out.write_text("frames_eval.json", json.dumps(report, indent=2) + "\n")
+    series = {g.replace("_", ", "): ([t["latent_frame"] for t in result["frames"] if t[g]["tokens"]],
+                                     [t[g]["loss"] for t in result["frames"] if t[g]["tokens"]]) for g in GROUPS}
+    line_chart(series, out.path("frame_loss.png"), title=f"teacher-forced loss, {result['clips']} held-out clips",
+               xlabel="latent frame", ylabel="loss (nats)")
+    out.publish("frame_loss.png")
+    for t in result["frames"]:
+        log.info("latent frame %d: %s%s", t["latent_frame"],
+                 ", ".join(f"{g} {t[g]['loss']:.3f}" for g in GROUPS if t[g]["tokens"]),
+                 f"; repeats {t['repeat_share']:.0%} at {t['repeat_loss']:.3f}" if "repeat_share" in t else "")
+    if result["copy_gain"] is not None:
+        log.info("copy gain (still clips, object cells, frame 0 minus later frames): %.3f nats", result["copy_gain"])
+    log.info("%d clips (%d still) -> %s", result["clips"], result["still_clips"], out.uri_of("frames_eval.json"))
+    return 0
+
+
+TARGETS = {"tokenizer": evaluate_tokenizer, "upscaler": evaluate_upscaler, "generation": evaluate_generation,
+           "frames": evaluate_frames}
 
 
 def main(argv: list[str] | None = None) -> int:
