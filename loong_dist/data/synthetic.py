@@ -216,28 +216,28 @@ def centre_track(attrs: dict[str, Any], num_frames: int) -> np.ndarray:
     return np.array([attrs["x"], attrs["y"]]) + t * v * np.array(step, float)
 
 
-def _clip_sdf(attrs: dict[str, Any], num_frames: int, size: int) -> np.ndarray:
-    """Signed distance (pixels) from each pixel centre to the shape's edge, float32 (T, size, size),
-    negative inside; the shape wraps around the edges."""
+def _coverage_levels(attrs: dict[str, Any], num_frames: int, size: int) -> np.ndarray:
+    """The object's coverage of each pixel as 256 levels, uint8 (T, size, size): the `_alpha` ramp,
+    times 255, rounded; the shape wraps around the edges."""
     if num_frames < 1:
         raise ValueError(f"num_frames={num_frames}: must be >= 1")
     centres = (centre_track(attrs, num_frames) % 1.0) * size  # (T, 2) pixels
     grid = np.arange(size) + 0.5  # pixel centres
-    return _sdf_grid(attrs["shape"], centres[:, 0], centres[:, 1], SIZES[attrs["size"]] * size / 2, grid, grid,
-                     period=size)
+    sdf = _sdf_grid(attrs["shape"], centres[:, 0], centres[:, 1], SIZES[attrs["size"]] * size / 2, grid, grid,
+                    period=size)
+    return np.clip(np.float32(128) - np.float32(255) * sdf, 0, 255, out=sdf).astype(np.uint8)  # (T, H, W)
 
 
 def object_pixels(attrs: dict[str, Any], num_frames: int, size: int) -> np.ndarray:
     """bool (T, size, size): the pixels `render_clip` draws with any of the object's colour."""
-    return np.float32(128) - np.float32(255) * _clip_sdf(attrs, num_frames, size) >= 1  # a level >= 1 below
+    return _coverage_levels(attrs, num_frames, size) > 0
 
 
 def render_clip(attrs: dict[str, Any], num_frames: int, size: int) -> np.ndarray:
     """The clip as uint8 (T, size, size, 3) RGB, T = num_frames; the shape wraps around the edges."""
-    sdf = _clip_sdf(attrs, num_frames, size)
-    # Coverage as 256 levels (the `_alpha` ramp, times 255, rounded), blended through a table:
-    # one gather instead of float maths on (T, H, W, 3).
-    levels = np.clip(np.float32(128) - np.float32(255) * sdf, 0, 255, out=sdf).astype(np.uint8)  # (T, H, W)
+    levels = _coverage_levels(attrs, num_frames, size)
+    # Background and object colours blended by level through a table: one gather instead of float
+    # maths on (T, H, W, 3).
     bg, fg = np.array(BACKGROUNDS[attrs["background"]], float), np.array(COLOURS[attrs["colour"]], float)
     lut = np.round(bg + np.linspace(0.0, 1.0, 256)[:, None] * (fg - bg)).astype(np.uint8)  # (256, 3)
     return np.take(lut, levels, axis=0)  # (T, H, W, 3)
