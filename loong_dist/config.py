@@ -126,6 +126,10 @@ class SyntheticConfig:
     split_seed: int = 0
     """Seed of the held-out draw, apart from run.seed: corpora rendered with different run seeds
     hold out the same appearances (a training corpus and an evaluation one never overlap)."""
+    still_share: float | None = None
+    """Share of clips whose shape stands still, the four directions sharing the rest (null: the
+    five motions alike, 1/5 each). In a still clip every latent frame after the first repeats it
+    code for code: what teaches a transformer to carry a scene from frame to frame."""
 
     def __post_init__(self):
         _check(self.n >= 1, "synthetic.n", self.n, "must be >= 1")
@@ -136,6 +140,8 @@ class SyntheticConfig:
                "must be a multiple of 8, at least 16")
         _check(self.fps > 0, "synthetic.fps", self.fps, "must be > 0")
         _check(0.0 <= self.held_out < 1.0, "synthetic.held_out", self.held_out, "must be in [0, 1)")
+        _check(self.still_share is None or 0.0 <= self.still_share <= 1.0, "synthetic.still_share",
+               self.still_share, "must be null or in [0, 1]")
 
 
 @dataclass

@@ -72,9 +72,13 @@ def backgrounds_for(colour: str) -> list[str]:
     return [b for b, rgb in BACKGROUNDS.items() if np.linalg.norm(c - rgb) >= MIN_CONTRAST]
 
 
-def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES) -> dict[str, Any]:
+def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES,
+                      still_share: float | None = None) -> dict[str, Any]:
     """Draw one clip's attributes. The draws do not depend on `num_frames`; a single frame (an
-    image) only reports motion "still" and speed None, since no motion can be seen in it."""
+    image) only reports motion "still" and speed None, since no motion can be seen in it.
+    `still_share`: the chance that the clip stands still, the four directions sharing the rest
+    evenly (None: the five motions alike, 1/5 each, with the draws of a corpus rendered before
+    the option existed)."""
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     allowed = backgrounds_for(colour)
@@ -83,15 +87,20 @@ def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES) ->
     motion = MOTIONS[rng.integers(len(MOTIONS))]
     speed = list(SPEEDS)[rng.integers(len(SPEEDS))]
     start = [round(float(u), 4) for u in rng.random(2)]  # anywhere on the torus, frame 0 included
+    if still_share is not None:  # one more draw, after the others: they stay as without the option
+        u, moving = float(rng.random()), MOTIONS[:-1]  # "still" is the last
+        motion = "still" if u < still_share else moving[min(int((u - still_share) / (1 - still_share) * 4), 3)]
     if motion == "still" or num_frames == 1:
         motion, speed = "still", None
     return {"shape": shape, "colour": colour, "size": size, "motion": motion, "speed": speed,
             "background": background, "x": start[0], "y": start[1]}
 
 
-def attributes_for(index: int, seed: int, num_frames: int = MAX_FRAMES) -> dict[str, Any]:
-    """Attributes of clip `index` of the dataset with `seed`: the same (seed, index), the same clip."""
-    return sample_attributes(np.random.default_rng([seed, index]), num_frames)
+def attributes_for(index: int, seed: int, num_frames: int = MAX_FRAMES,
+                   still_share: float | None = None) -> dict[str, Any]:
+    """Attributes of clip `index` of the dataset with `seed` (and `still_share`, see
+    `sample_attributes`): the same arguments, the same clip."""
+    return sample_attributes(np.random.default_rng([seed, index]), num_frames, still_share)
 
 
 APPEARANCE = ("shape", "colour", "size", "background")

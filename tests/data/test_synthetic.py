@@ -114,6 +114,26 @@ def test_motion_moves_the_shape_as_the_attributes_say():
         assert np.allclose(track[1:] - track[:-1], track[1] - track[0])  # constant speed
 
 
+def test_still_share_sets_the_share_of_still_clips_and_leaves_the_rest_alone():
+    n = 4000
+    for share in (0.0, 0.5, 1.0):
+        attrs = [attributes_for(i, 5, 17, still_share=share) for i in range(n)]
+        motions = Counter(a["motion"] for a in attrs)
+        assert motions["still"] / n == pytest.approx(share, abs=0.03)
+        if share < 1:  # the moving clips spread evenly over the four directions
+            moving = n - motions["still"]
+            for m in ("left", "right", "up", "down"):
+                assert motions[m] / moving == pytest.approx(0.25, abs=0.03), (share, motions)
+        # a still clip has no speed; the other attributes are drawn as without the option
+        assert all((a["speed"] is None) == (a["motion"] == "still") for a in attrs)
+        plain = [attributes_for(i, 5, 17) for i in range(50)]
+        keep = ("shape", "colour", "size", "background", "x", "y")
+        assert [{k: a[k] for k in keep} for a in attrs[:50]] == [{k: a[k] for k in keep} for a in plain]
+    # the default is the five motions alike, as corpora rendered before the option was drawn
+    motions = Counter(attributes_for(i, 5, 17)["motion"] for i in range(n))
+    assert all(c / n == pytest.approx(0.2, abs=0.03) for c in motions.values()) and len(motions) == 5
+
+
 def test_vocabulary_is_covered_and_backgrounds_contrast():
     attrs = [attributes_for(i, 5, 17) for i in range(600)]
     assert {a["shape"] for a in attrs} == set(SHAPES)

@@ -69,6 +69,11 @@ def test_rerun_gives_the_same_manifest_and_keeps_clips(tmp_path, capsys):
     assert read_clip(out / "videos" / "syn-000001.mp4", num_frames=5, size=None).shape == (5, 48, 48, 3)
     assert [json.loads(x)["attributes"] for x in (out / "manifest.jsonl").read_text().splitlines()] == \
            [json.loads(x)["attributes"] for x in manifest.decode().splitlines()]
+    # Another still share draws other motions: every clip is rendered again, none kept from before.
+    _run(out, "--n", "5", "--frames", "1,5", "--size", "48", "synthetic.still_share=1.0")
+    assert "5 rendered" in capsys.readouterr().out
+    assert {json.loads(x)["attributes"]["motion"] for x in (out / "manifest.jsonl").read_text().splitlines()} == \
+           {"still"}
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to start a process pool")
