@@ -30,6 +30,7 @@ code entropy, motion) and, for prompts that carry synthetic attributes, prompt a
 videos; DIR/generation_eval.json.
 
     python -m jobs.evaluate frames --checkpoint M --manifest SYNTHETIC_MANIFEST --out DIR [--clips 48] [--frames 17]
+        [--split held_out|train]
 
 frames: a trained transformer's teacher-forced loss per latent frame on held-out synthetic clips
 (split=held_out: never trained on), half of them still where the manifest has enough, each clip
@@ -38,7 +39,8 @@ by the model file unless --tokenizer / --text-tokenizer). Tokens are grouped by 
 and by whether their cell shows the object (from the clip's attributes); for frames >= 1 also the
 tokens that repeat their cell one latent frame back. copy_gain: on still clips' object cells,
 frame 0's loss minus the later frames' (near 0: the model redraws each frame instead of carrying
-it). DIR/frames_eval.json and DIR/frame_loss.png.
+it). --split train reads clips of the training split instead: the gap to held-out clips is what the
+model learnt by heart. DIR/frames_eval.json and DIR/frame_loss.png.
 """
 
 from __future__ import annotations
@@ -243,6 +245,9 @@ def evaluate_frames(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", required=True, help="transformer file (model.safetensors, from jobs.train)")
     parser.add_argument("--clips", type=int, default=48, help="held-out clips at most (half still where there are)")
     parser.add_argument("--frames", type=int, default=17, help="frames per clip (1 + 4k), from each clip's start")
+    parser.add_argument("--split", choices=("held_out", "train"), default="held_out",
+                        help="the manifest's clips to read: held out (default), or those the model may have trained "
+                             "on (the gap between the two is what it learnt by heart)")
     args = parser.parse_intermixed_args(argv)
     cfg = resolve_config(args, aliases)
     if not cfg.data.manifest:
@@ -256,14 +261,14 @@ def evaluate_frames(argv: list[str]) -> int:
     video_tok = load_tokenizer(local_input(tok_path, storage))
     _, rows_, cols_ = video_tok.latent_shape(args.frames, cfg.data.size, cfg.data.size)
     held = [e for e in read_manifest(cfg.data.manifest, storage)[0]
-            if e.extra.get("split") == "held_out" and e.extra.get("attributes")
+            if e.extra.get("split") == args.split and e.extra.get("attributes")
             and int(e.extra.get("frames", 0)) >= args.frames]
     still = [e for e in held if e.extra["attributes"]["motion"] == "still"]
     moving = [e for e in held if e.extra["attributes"]["motion"] != "still"]
     n_still = min(len(still), max(args.clips // 2, args.clips - len(moving)))  # half, or what moving ones lack
     picked = still[:n_still] + moving[:args.clips - n_still]
     if not picked:
-        raise UserError(f"{cfg.data.manifest}: no held-out synthetic clip of {args.frames}+ frames with attributes")
+        raise UserError(f"{cfg.data.manifest}: no {args.split} synthetic clip of {args.frames}+ frames with attributes")
     bf16 = resolve_bf16(cfg.generate.tokenizer_bf16, "cpu")
     rows = []
     for e in picked:
@@ -278,13 +283,14 @@ def evaluate_frames(argv: list[str]) -> int:
     result = summarise(rows)
     out = RunFolder(cfg.run.out_dir, storage)
     report = {"checkpoint": args.checkpoint, "video_tokenizer": tok_path, "manifest": cfg.data.manifest,
-              "frames": args.frames, **result,
+              "split": args.split, "frames": args.frames, **result,
               "per_clip": [{"video": e.video, "caption": e.caption,
                             "loss_per_frame": r["loss"].mean(axis=(1, 2)).tolist()} for e, r in zip(picked, rows)]}
     out.write_text("frames_eval.json", json.dumps(report, indent=2) + "\n")
     series = {g.replace("_", ", "): ([t["latent_frame"] for t in result["frames"] if t[g]["tokens"]],
                                      [t[g]["loss"] for t in result["frames"] if t[g]["tokens"]]) for g in GROUPS}
-    line_chart(series, out.path("frame_loss.png"), title=f"teacher-forced loss, {result['clips']} held-out clips",
+    split_name = args.split.replace("_", "-")
+    line_chart(series, out.path("frame_loss.png"), title=f"teacher-forced loss, {result['clips']} {split_name} clips",
                xlabel="latent frame", ylabel="loss (nats)")
     out.publish("frame_loss.png")
     for t in result["frames"]:

@@ -3,6 +3,7 @@ each piece against a reference written out by hand, then the job end to end on r
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,9 @@ def test_frames_job_end_to_end(files, tmp_path):  # noqa: F811  (files: the fixt
         losses = [t[g]["loss"] for g in t if isinstance(t[g], dict) and t[g]["tokens"]]
         assert all(math.isfinite(v) and v > 0 for v in losses)
     assert report["copy_gain"] is not None and (out / "frame_loss.png").stat().st_size > 0
+    # --split train reads the one train clip and nothing else
+    main(["frames", "--checkpoint", str(files / "model.safetensors"), "--tokenizer", str(files / "tok.safetensors"),
+          "--text-tokenizer", str(files / "text.model"), "--manifest", str(tmp_path / "manifest.jsonl"),
+          "--out", str(tmp_path / "train"), "--frames", "5", "--split", "train", "data.size=32"])
+    report = json.loads((tmp_path / "train" / "frames_eval.json").read_text())
+    assert report["split"] == "train" and [Path(c["video"]).name for c in report["per_clip"]] == ["c5.mp4"]
