@@ -243,7 +243,7 @@ def evaluate_frames(argv: list[str]) -> int:
     parser = job_parser("python -m jobs.evaluate frames", "Teacher-forced loss per latent frame on held-out clips.",
                         aliases, sections=("tokenizer", "text", "data", "run"))
     parser.add_argument("--checkpoint", required=True, help="transformer file (model.safetensors, from jobs.train)")
-    parser.add_argument("--clips", type=int, default=48, help="held-out clips at most (half still where there are)")
+    parser.add_argument("--clips", type=int, default=48, help="clips at most (half still where there are)")
     parser.add_argument("--frames", type=int, default=17, help="frames per clip (1 + 4k), from each clip's start")
     parser.add_argument("--split", choices=("held_out", "train"), default="held_out",
                         help="the manifest's clips to read: held out (default), or those the model may have trained "
@@ -260,11 +260,11 @@ def evaluate_frames(argv: list[str]) -> int:
     tok_path = video_tokenizer_path(extra, cfg.tokenizer.path, args.checkpoint, storage)
     video_tok = load_tokenizer(local_input(tok_path, storage))
     _, rows_, cols_ = video_tok.latent_shape(args.frames, cfg.data.size, cfg.data.size)
-    held = [e for e in read_manifest(cfg.data.manifest, storage)[0]
+    pool = [e for e in read_manifest(cfg.data.manifest, storage)[0]
             if e.extra.get("split") == args.split and e.extra.get("attributes")
             and int(e.extra.get("frames", 0)) >= args.frames]
-    still = [e for e in held if e.extra["attributes"]["motion"] == "still"]
-    moving = [e for e in held if e.extra["attributes"]["motion"] != "still"]
+    still = [e for e in pool if e.extra["attributes"]["motion"] == "still"]
+    moving = [e for e in pool if e.extra["attributes"]["motion"] != "still"]
     n_still = min(len(still), max(args.clips // 2, args.clips - len(moving)))  # half, or what moving ones lack
     picked = still[:n_still] + moving[:args.clips - n_still]
     if not picked:
