@@ -88,8 +88,9 @@ def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES,
     speed = list(SPEEDS)[rng.integers(len(SPEEDS))]
     start = [round(float(u), 4) for u in rng.random(2)]  # anywhere on the torus, frame 0 included
     if still_share is not None:  # one more draw, after the others: they stay as without the option
-        u, moving = float(rng.random()), MOTIONS[:-1]  # "still" is the last
-        motion = "still" if u < still_share else moving[min(int((u - still_share) / (1 - still_share) * 4), 3)]
+        u, moving = float(rng.random()), [m for m in MOTIONS if m != "still"]
+        k = len(moving)
+        motion = "still" if u < still_share else moving[min(int((u - still_share) / (1 - still_share) * k), k - 1)]
     if motion == "still" or num_frames == 1:
         motion, speed = "still", None
     return {"shape": shape, "colour": colour, "size": size, "motion": motion, "speed": speed,

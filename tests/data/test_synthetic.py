@@ -116,6 +116,8 @@ def test_motion_moves_the_shape_as_the_attributes_say():
 
 def test_still_share_sets_the_share_of_still_clips_and_leaves_the_rest_alone():
     n = 4000
+    keep = ("shape", "colour", "size", "background", "x", "y")
+    plain = [{k: a[k] for k in keep} for a in (attributes_for(i, 5, 17) for i in range(50))]
     for share in (0.0, 0.5, 1.0):
         attrs = [attributes_for(i, 5, 17, still_share=share) for i in range(n)]
         motions = Counter(a["motion"] for a in attrs)
@@ -126,9 +128,7 @@ def test_still_share_sets_the_share_of_still_clips_and_leaves_the_rest_alone():
                 assert motions[m] / moving == pytest.approx(0.25, abs=0.03), (share, motions)
         # a still clip has no speed; the other attributes are drawn as without the option
         assert all((a["speed"] is None) == (a["motion"] == "still") for a in attrs)
-        plain = [attributes_for(i, 5, 17) for i in range(50)]
-        keep = ("shape", "colour", "size", "background", "x", "y")
-        assert [{k: a[k] for k in keep} for a in attrs[:50]] == [{k: a[k] for k in keep} for a in plain]
+        assert [{k: a[k] for k in keep} for a in attrs[:50]] == plain
     # the default is the five motions alike, as corpora rendered before the option was drawn
     motions = Counter(attributes_for(i, 5, 17)["motion"] for i in range(n))
     assert all(c / n == pytest.approx(0.2, abs=0.03) for c in motions.values()) and len(motions) == 5
