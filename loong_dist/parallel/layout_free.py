@@ -138,9 +138,41 @@ def _base_optimizer(engine) -> torch.optim.Optimizer:
 
 def _zero_partitioned(param: nn.Parameter) -> bool:
     """Whether DeepSpeed keeps this parameter's fp32 state in its own partitions (ZeRO 1-3 or its
-    bf16 optimizer) rather than in the parameter and a torch optimizer's state (ZeRO 0, fp32)."""
+    bf16 optimizer) rather than in the parameter and a torch optimizer's state (ZeRO 0: fp32, or
+    bf16 with a master beside it, `_master`)."""
     # `_hp_mapping` is None on a rank whose partition holds none of the parameter: still ZeRO's
     return hasattr(param, "ds_id") or hasattr(param, "_hp_mapping")
+
+
+def _master(engine, param: nn.Parameter) -> tuple[Tensor, int] | None:
+    """Where DeepSpeed's fp16/bf16 optimizer without ZeRO (bf16 at stage 0) keeps `param`'s fp32
+    master: the tensor Adam updates and keys its state by (a master per parameter, or one flat
+    master per group), and `param`'s offset in it. None where the parameter is its own master
+    (fp32) or ZeRO keeps it. Those optimizers swap the masters into the torch optimizer's groups,
+    so the model's low-precision parameter has no Adam state of its own."""
+    opt = engine.optimizer
+    groups = getattr(opt, "fp16_groups", None)
+    masters = getattr(opt, "fp32_groups", None) or getattr(opt, "fp32_groups_flat", None)
+    if groups is None or masters is None or _zero_partitioned(param):
+        return None
+    for group, master in zip(groups, masters):  # FP16_UnfusedOptimizer: lists; FP16_Optimizer: flat
+        offset = 0
+        for i, p in enumerate(group):
+            if p is param:
+                return (master[i], 0) if isinstance(master, list) else (master, offset)
+            offset += p.numel()
+    return None
+
+
+def _in_master(t: Tensor, offset: int, param: nn.Parameter) -> Tensor:
+    """`param`'s elements of a master (or of its Adam moment), shaped as `param`."""
+    return t.detach().view(-1).narrow(0, offset, param.numel()).view(param.shape)
+
+
+def unsharded_master(engine, param: nn.Parameter) -> Tensor | None:
+    """`param`'s fp32 master where DeepSpeed keeps one without ZeRO (bf16 at stage 0), else None."""
+    where = _master(engine, param)
+    return None if where is None else _in_master(where[0], where[1], param)
 
 
 def _full(engine, param: nn.Parameter, kind: str | None) -> Tensor:
@@ -150,11 +182,13 @@ def _full(engine, param: nn.Parameter, kind: str | None) -> Tensor:
 
     if _zero_partitioned(param):
         t = safe_get_full_fp32_param(param) if kind is None else safe_get_full_optimizer_state(param, kind)
-    elif kind is None:
-        t = param.detach()
     else:
-        state = _base_optimizer(engine).state.get(param, {})
-        t = state[kind] if kind in state else torch.zeros_like(param, dtype=torch.float32)
+        key, offset = _master(engine, param) or (param, 0)
+        if kind is None:
+            t = _in_master(key, offset, param)
+        else:
+            state = _base_optimizer(engine).state.get(key, {})
+            t = _in_master(state[kind], offset, param) if kind in state else torch.zeros(param.shape)
     return t.detach().float().reshape(local_shape(param))
 
 
@@ -230,10 +264,14 @@ def _set(engine, param: nn.Parameter, kind: str | None, value: Tensor) -> None:
                 param.data.copy_(value.to(param.dtype).reshape(param.shape))
         else:
             safe_set_full_optimizer_state(param, value, kind)
-    elif kind is None:
+        return
+    key, offset = _master(engine, param) or (param, 0)
+    if kind is None:
         param.data.copy_(value.reshape(param.shape))
+        if key is not param:
+            _in_master(key, offset, param).copy_(value.reshape(param.shape))
     else:
-        _base_optimizer(engine).state[param][kind].copy_(value.reshape(param.shape))
+        _in_master(_base_optimizer(engine).state[key][kind], offset, param).copy_(value.reshape(param.shape))
 
 
 def _batches(items: list[Entry], limit: int) -> Iterator[list[Entry]]:
@@ -305,4 +343,4 @@ def read_state(folder: Path, engine, model: nn.Module, groups: ParallelGroups, s
             lp.data.copy_(hp.data)
 
 
-__all__ = ["adam_step", "entries", "read_state", "stored_shapes", "write_state"]
+__all__ = ["adam_step", "entries", "read_state", "stored_shapes", "unsharded_master", "write_state"]

@@ -51,7 +51,7 @@ from loong_dist.models.ar.layout import IGNORE, VocabLayout
 from loong_dist.models.ar.sizes import flops_per_token
 from loong_dist.models.losses import combine, frame_groups, frame_sums, group_counts, group_sums
 from loong_dist.parallel.engine import build_engine, build_model, load_checkpoint_file
-from loong_dist.parallel.layout_free import adam_step, read_state, write_state
+from loong_dist.parallel.layout_free import adam_step, read_state, unsharded_master, write_state
 from loong_dist.parallel.process_groups import ParallelGroups
 from loong_dist.train.checkpoint_mirror import download_latest, fetch_tag, publish_checkpoint, resume_tag
 from loong_dist.train.telemetry import plot_frame_losses
@@ -136,6 +136,8 @@ def full_state_dict(engine, model: torch.nn.Module, groups: ParallelGroups) -> d
         for pname, param in module.named_parameters(recurse=False):
             key = f"{name}.{pname}" if name else pname
             t = safe_get_full_fp32_param(param)
+            if t is None:  # no ZeRO: the parameter itself, or its master where bf16 keeps one beside it
+                t = unsharded_master(engine, param)
             t = (param if t is None else t).detach().float()
             if pname == "weight" and groups.tp_size > 1:
                 from loong_dist.parallel.tensor_parallel import gather_weight

@@ -5,6 +5,8 @@ Tolerance: losses to 1e-5 relative over 6 steps in float32 (the DP gradient aver
 sharded clip norm sum in a different order than one process does).
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -274,3 +276,57 @@ def test_bf16_gradients_are_reduced_in_float32_at_every_zero_stage(tmp_path):
                        for s, (e, r) in errors.items())
     assert errors[0][1] == 0.0, report
     assert all(errors[s][0] < 1e-6 for s in (1, 2, 3)), report
+
+
+def _bf16_state_worker(folder):
+    from loong_dist.parallel.engine import build_engine, build_model
+    from loong_dist.parallel.layout_free import adam_step, read_state, write_state
+    from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
+    from loong_dist.train.trainer import full_state_dict
+
+    groups = init_parallel(tp_size=1, backend="gloo")
+    try:
+        for stage in (0, 1):
+            cfg = load_config(None, [f"parallel.zero_stage={stage}", "parallel.precision=bf16", "model.size=tiny",
+                                     "model.max_seq_len=64", "optim.micro_batch_size=4", "optim.lr=1e-2",
+                                     "optim.warmup_steps=1", f"optim.steps={STEPS + 2}"])
+            torch.manual_seed(0)
+            model = build_model(cfg.model, VOCAB, groups, cfg.parallel)
+            engine = build_engine(model, cfg, groups)
+            _train_one_rank(engine)
+            exported = full_state_dict(engine, model, groups)
+            for name, p in model.named_parameters():  # the fp32 masters, of which the weights are the rounding
+                assert torch.equal(exported[name].bfloat16(), p.detach()), name
+            assert any(not torch.equal(t, t.bfloat16().float()) for t in exported.values()), "masters, not weights"
+            write_state(f"{folder}/zero{stage}", engine, model, groups)
+            step, schedule = adam_step(engine), copy.deepcopy(engine.lr_scheduler.state_dict())
+            lrs = [g["lr"] for g in engine.optimizer.param_groups]
+            expected = [engine(t, y).mean().item() for t, y in _batches()[STEPS:STEPS + 2]]
+            for tokens, targets in _batches()[STEPS:STEPS + 2]:
+                engine.backward(engine(tokens, targets).mean())
+                engine.step()
+            after = [engine(t, y).mean().item() for t, y in _batches()[:2]]
+
+            torch.manual_seed(123)  # different weights: everything must come from the state
+            fresh_model = build_model(cfg.model, VOCAB, groups, cfg.parallel)
+            fresh = build_engine(fresh_model, cfg, groups)
+            read_state(f"{folder}/zero{stage}", fresh, fresh_model, groups, step)
+            fresh.lr_scheduler.load_state_dict(schedule)  # as Trainer.resume: from the checkpoint's client state
+            for group, lr in zip(fresh.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            got = [fresh(t, y).mean().item() for t, y in _batches()[STEPS:STEPS + 2]]
+            assert got == expected, f"ZeRO-{stage}: weights read back"
+            for tokens, targets in _batches()[STEPS:STEPS + 2]:
+                fresh.backward(fresh(tokens, targets).mean())
+                fresh.step()
+            assert [fresh(t, y).mean().item() for t, y in _batches()[:2]] == after, f"ZeRO-{stage}: masters, moments"
+    finally:
+        destroy_parallel()
+
+
+def test_bf16_layout_free_state_holds_the_fp32_masters_and_moments(tmp_path):
+    """bf16 on one rank, at ZeRO-0 (DeepSpeed keeps an fp32 master beside each bf16 weight, in its
+    fp16 optimizer, and Adam's state under the master) and ZeRO-1: the exported weights are the
+    masters, and an engine that reads the written state takes the next two steps as the one that
+    wrote it did, bit for bit."""
+    launch_local(_bf16_state_worker, 1, str(tmp_path))
