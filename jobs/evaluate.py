@@ -41,6 +41,16 @@ tokens that repeat their cell one latent frame back. copy_gain: on still clips' 
 frame 0's loss minus the later frames' (near 0: the model redraws each frame instead of carrying
 it). --split train reads clips of the training split instead: the gap to held-out clips is what the
 model learnt by heart. DIR/frames_eval.json and DIR/frame_loss.png.
+
+    python -m jobs.evaluate compare --out DIR --run LABEL=generation_eval.json [--run ...]
+        [--frames LABEL=frames_eval.json ...] [--first N] [--title T] [--verdict V]
+
+compare: the same prompts (or clips) evaluated under several models or settings, side by side -
+prompt alignment per window and drift for generation evaluations (the first N videos of each; runs
+on other prompts are refused), loss per latent frame of object cells and the copy gain for frame
+evaluations, with the verdict a person drew from them; DIR/comparison.json and DIR/comparison.png.
+How Loong's claims are shown on the shipped model (checkpoints/t2v_cpu/claims/, in its card and in
+the demo report).
 """
 
 from __future__ import annotations
@@ -303,8 +313,60 @@ def evaluate_frames(argv: list[str]) -> int:
     return 0
 
 
+def _labelled(items: list[str], flag: str) -> dict[str, dict]:
+    """["label=path", ...] -> {label: the JSON at path}, in order."""
+    out = {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise ConfigError(f"{flag} {item!r}: expected LABEL=PATH")
+        if label in out:
+            raise ConfigError(f"{flag} {item!r}: label {label!r} given twice")
+        try:
+            out[label] = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot read an evaluation JSON ({type(e).__name__}: {e})") from None
+    return out
+
+
+def compare_runs(argv: list[str]) -> int:
+    import argparse
+
+    from loong_dist.evaluation.comparison import compare, plot_comparison
+
+    parser = argparse.ArgumentParser(prog="python -m jobs.evaluate compare",
+                                     description="Evaluations of the same prompts or clips, side by side.")
+    parser.add_argument("--out", required=True, help="folder for comparison.json and comparison.png")
+    parser.add_argument("--run", action="append", default=[], metavar="LABEL=PATH",
+                        help="a generation_eval.json (jobs.evaluate generation), in the order to show")
+    parser.add_argument("--frames", action="append", default=[], metavar="LABEL=PATH",
+                        help="a frames_eval.json (jobs.evaluate frames), in the order to show")
+    parser.add_argument("--first", type=int, default=None, help="compare the first N videos of each run")
+    parser.add_argument("--title", default="", help="what is compared")
+    parser.add_argument("--verdict", default="", help="what the numbers show, in words")
+    args = parser.parse_args(argv)
+    if args.first is not None and args.first < 1:
+        raise ConfigError(f"--first {args.first}: must be >= 1")
+    comparison = compare(_labelled(args.run, "--run"), _labelled(args.frames, "--frames"), args.first, args.title,
+                         args.verdict)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".comparison.json.tmp"
+    tmp.write_text(json.dumps(comparison, indent=2) + "\n")
+    tmp.replace(out / "comparison.json")
+    plot_comparison(comparison, out / "comparison.png")
+    for label, r in comparison["generation"].items():
+        first = r["per_window"][0]
+        log.info("%s: %d videos, first window %s", label, r["videos"],
+                 ", ".join(f"{a} {first[a]:.0%}" for a in comparison["attributes"]))
+    for label, r in comparison["frames"].items():
+        log.info("%s: %s clips, copy gain %s", label, r["clips"], r["copy_gain"])
+    log.info("-> %s", out / "comparison.json")
+    return 0
+
+
 TARGETS = {"tokenizer": evaluate_tokenizer, "upscaler": evaluate_upscaler, "generation": evaluate_generation,
-           "frames": evaluate_frames}
+           "frames": evaluate_frames, "compare": compare_runs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import html
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,56 @@ def generation_section(root: Path, summary: dict) -> str:
     return "\n".join(out)
 
 
+def _comparison_tables(comparison: dict) -> str:
+    """A comparison's numbers (jobs.evaluate compare): match rates per run and window; loss per
+    latent frame of object cells per run, and the copy gain."""
+    out, attributes = [], comparison.get("attributes", [])
+    gen = comparison.get("generation") or {}
+    if gen:
+        out.append(_table(["run", "window from (s)", "videos"] + attributes,
+                          [[label, w["start_s"], w["videos"]] + [f"{100 * w[a]:.0f}%" for a in attributes]
+                           for label, r in gen.items() for w in r["per_window"]], left=1))
+    frames = comparison.get("frames") or {}
+    if frames:
+        n = max(len(r["still_object"]) for r in frames.values())
+        cells = lambda ys: [ys[i] if i < len(ys) and ys[i] is not None else "" for i in range(n)]  # noqa: E731
+        out.append(_table(["run", "objects", "clips"] + [f"frame {i}" for i in range(n)] + ["copy gain"],
+                          [[label, kind.split("_")[0], r["clips"]] + cells(r[kind]) + [r.get("copy_gain") or ""]
+                           for label, r in frames.items() for kind in ("still_object", "moving_object")], left=2))
+    return "\n".join(out)
+
+
+def claims_section(root: Path, summary: dict) -> str:
+    """Loong's claims as measured on the shipped transformer: the comparisons in the claims/ folder
+    beside the checkpoint the generate_shipped step used, each as its verdict, tables and plot."""
+    gen = _read_json(root / "generate_shipped" / "videos.json") or {}
+    folder = Path(str(gen.get("checkpoint", ""))).parent / "claims"
+    found = sorted(folder.glob("*/comparison.json")) if gen.get("checkpoint") and folder.is_dir() else []
+    if not found:
+        return ""
+    out = ["<h2>Loong's claims, measured on the shipped transformer</h2>",
+           f"<p>Measured once on the shipped model (its model card has the commands), not by this demo: "
+           f"<code>{html.escape(str(folder))}</code>, written by <code>python -m jobs.evaluate compare</code>. "
+           f"The demo's own re-weighting ablation is the stage2 and {html.escape('stage2_plain')} rows of the "
+           f"per-latent-frame loss table above.</p>"]
+    summary["claims"] = {}
+    for path in found:
+        comparison = _read_json(path) or {}
+        name = path.parent.name
+        summary["claims"][name] = {"title": comparison.get("title", ""), "verdict": comparison.get("verdict", "")}
+        out.append(f"<h3>{html.escape(comparison.get('title') or name)}</h3>")
+        if comparison.get("verdict"):
+            out.append(f"<p>{html.escape(comparison['verdict'])}</p>")
+        out.append(_comparison_tables(comparison))
+        png = path.parent / "comparison.png"
+        if png.exists():
+            copy = root / ASSETS / f"claim_{name}.png"
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, copy)
+            out.append(_img(copy, root, f"{name}: {comparison.get('title', '')}", cls="strip"))
+    return "\n".join(out)
+
+
 def configs_section(root: Path) -> str:
     out = ["<h2>Resolved configs</h2>"]
     paths = sorted(root.glob("*/config.yaml")) + ([root / "config.yaml"] if (root / "config.yaml").exists() else [])
@@ -323,7 +374,8 @@ def write_report(root: Path, title: str = "loong-dist run", command: str = "",
             f"<p class='muted'>{html.escape(summary['written'])} on {html.escape(summary['machine'])}, "
             f"{summary['cpus']} CPUs. Command: <code>{html.escape(summary['command'])}</code></p>",
             steps_section(root, summary), tokenizer_section(root, summary), shards_section(root, summary),
-            training_section(root, summary, stages), generation_section(root, summary), configs_section(root)]
+            training_section(root, summary, stages), generation_section(root, summary),
+            claims_section(root, summary), configs_section(root)]
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(title) +
             f"</title><style>{STYLE}</style></head><body>" + "\n".join(b for b in body if b) + "</body></html>\n")
     out = root / "report.html"
