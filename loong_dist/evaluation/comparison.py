@@ -25,6 +25,7 @@ from pathlib import Path
 from loong_dist.data.synthetic import CHECKED
 from loong_dist.errors import UserError
 from loong_dist.evaluation.generation_quality import summarise
+from loong_dist.evaluation.plots import save_figure
 
 ATTRIBUTES = (*CHECKED, "all")
 """Match-rate columns of a generation comparison: each checked attribute, then all of them at once."""
@@ -123,11 +124,4 @@ def plot_comparison(comparison: dict, path: str | os.PathLike) -> Path:
         ax.legend(fontsize=7, framealpha=0.6)
     if comparison.get("title"):
         fig.suptitle(textwrap.fill(comparison["title"], 110))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -21,8 +21,6 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     for label, (xs, ys) in series.items():
         ax.plot(list(xs), list(ys), label=label, marker="o" if len(xs) <= 30 else None, markersize=3)
@@ -34,6 +32,15 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], pa
     ax.grid(alpha=0.3)
     if len(series) + len(hlines or {}) > 1:
         ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """A matplotlib figure to `path` (PNG), laid out tightly and written atomically; closes it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp)
