@@ -313,8 +313,8 @@ def evaluate_frames(argv: list[str]) -> int:
     return 0
 
 
-def _labelled(items: list[str], flag: str) -> dict[str, dict]:
-    """["label=path", ...] -> {label: the JSON at path}, in order."""
+def _labelled(items: list[str], flag: str, storage: Storage) -> dict[str, dict]:
+    """["label=path", ...] -> {label: the JSON at path (a file or an s3:// URI)}, in order."""
     out = {}
     for item in items:
         label, sep, path = item.partition("=")
@@ -322,10 +322,11 @@ def _labelled(items: list[str], flag: str) -> dict[str, dict]:
             raise ConfigError(f"{flag} {item!r}: expected LABEL=PATH")
         if label in out:
             raise ConfigError(f"{flag} {item!r}: label {label!r} given twice")
+        text = storage.read_text(path)  # StorageError names the file
         try:
-            out[label] = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: cannot read an evaluation JSON ({type(e).__name__}: {e})") from None
+            out[label] = json.loads(text)
+        except ValueError as e:
+            raise UserError(f"{path}: not an evaluation JSON ({e})") from None
     return out
 
 
@@ -347,21 +348,20 @@ def compare_runs(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.first is not None and args.first < 1:
         raise ConfigError(f"--first {args.first}: must be >= 1")
-    comparison = compare(_labelled(args.run, "--run"), _labelled(args.frames, "--frames"), args.first, args.title,
-                         args.verdict)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".comparison.json.tmp"
-    tmp.write_text(json.dumps(comparison, indent=2) + "\n")
-    tmp.replace(out / "comparison.json")
-    plot_comparison(comparison, out / "comparison.png")
+    storage = Storage()
+    comparison = compare(_labelled(args.run, "--run", storage), _labelled(args.frames, "--frames", storage),
+                         args.first, args.title, args.verdict)
+    out = RunFolder(args.out, storage)
+    out.write_text("comparison.json", json.dumps(comparison, indent=2) + "\n")
+    plot_comparison(comparison, out.path("comparison.png"))
+    out.publish("comparison.png")
     for label, r in comparison["generation"].items():
         first = r["per_window"][0]
         log.info("%s: %d videos, first window %s", label, r["videos"],
                  ", ".join(f"{a} {first[a]:.0%}" for a in comparison["attributes"]))
     for label, r in comparison["frames"].items():
         log.info("%s: %s clips, copy gain %s", label, r["clips"], r["copy_gain"])
-    log.info("-> %s", out / "comparison.json")
+    log.info("-> %s", out.uri_of("comparison.json"))
     return 0
 
 

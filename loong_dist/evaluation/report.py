@@ -324,8 +324,8 @@ def claims_section(root: Path, summary: dict) -> str:
     out = ["<h2>Loong's claims, measured on the shipped transformer</h2>",
            f"<p>Measured once on the shipped model (its model card has the commands), not by this demo: "
            f"<code>{html.escape(str(folder))}</code>, written by <code>python -m jobs.evaluate compare</code>. "
-           f"The demo's own re-weighting ablation is the stage2 and {html.escape('stage2_plain')} rows of the "
-           f"per-latent-frame loss table above.</p>"]
+           "The demo's own re-weighting ablation is the stage2 and stage2_plain rows of the "
+           "per-latent-frame loss table above.</p>"]
     summary["claims"] = {}
     for path in found:
         comparison = _read_json(path) or {}
