@@ -7,7 +7,8 @@ References, measured in the same run:
 - peak: the best of a 2048^3 matmul and a 64-channel 3x3 conv over a 128x128 frame (the model's
   own widest op, at its size), fp32 (and bf16 where the device has it natively), measured before
   and after the model timings (the best of both). The model's FLOPs are counted by a hook on every
-  Conv2d (2 * output elements * in_channels * kernel area); "share" = model conv FLOP/s / peak.
+  Conv2d (2 * output elements * in_channels * kernel area; the fixed linear base, a functional conv
+  of under 1% of them, is left out); "share" = model conv FLOP/s / peak.
 - chunking: the same frames upscaled in chunks of --chunk (what jobs.generate does for a minute of
   video, memory bounded by the chunk) against all at once; both give the same pixels, so the ratio
   is the price of the bound.

@@ -653,6 +653,10 @@ class UpscalerTrainConfig:
     clean_share: float = 0.2
     """Share of training sequences whose input is the clean shrunk frames instead of the
     tokenizer's reconstruction (the upscaler also serves real low-resolution video)."""
+    base_fit_frames: int = 64
+    """Frames of the pair bank per input kind (clean, tokenizer) whose least-squares linear filter
+    becomes the upscaler's fixed linear base before the first step, each kind weighted by its share
+    of training inputs (clean_share); 0 keeps bicubic as the base."""
     charbonnier_eps: float = 0.05
     """Charbonnier loss sqrt(d^2 + eps^2) on pixels in [0, 1]: quadratic below eps, L1 above (no
     perceptual loss: no pretrained network can be downloaded here). 0.05 (13 levels), not the usual
@@ -681,6 +685,7 @@ class UpscalerTrainConfig:
         _check(self.crop >= 8 and self.crop % 8 == 0 and self.crop * 4 <= self.hr_size, "upscaler_train.crop",
                self.crop, f"must be a multiple of 8 in [8, hr_size / 4 = {self.hr_size // 4}]")
         _check(0 <= self.clean_share <= 1, "upscaler_train.clean_share", self.clean_share, "must be in [0, 1]")
+        _check(self.base_fit_frames >= 0, "upscaler_train.base_fit_frames", self.base_fit_frames, "must be >= 0")
         _check(self.charbonnier_eps > 0, "upscaler_train.charbonnier_eps", self.charbonnier_eps, "must be > 0")
         _check(self.eval_clips >= 0, "upscaler_train.eval_clips", self.eval_clips, "must be >= 0")
         _check(self.eval_frames >= 1 and (self.eval_frames - 1) % 4 == 0, "upscaler_train.eval_frames",
@@ -731,6 +736,9 @@ class GenerateConfig:
     """Video upscaler file (.safetensors, from jobs.train_upscaler): each video is also written 4x
     larger (X_x4.mp4 beside X.mp4), upscaled `upscaler.chunk_frames` frames at a time and streamed
     into the encoder, so memory stays flat however long the video. Empty: no upscaled video."""
+    upscale_videos: int = 0
+    """With an upscaler: how many videos, the first ones in prompt order, are also written 4x
+    larger (0: all). On a CPU the upscaler takes minutes per minute of video."""
 
     def __post_init__(self):
         _check(self.seconds > 0, "generate.seconds", self.seconds, "must be > 0")
@@ -743,6 +751,7 @@ class GenerateConfig:
         _check(1 <= self.overlap_latent_frames < self.window_latent_frames, "generate.overlap_latent_frames",
                self.overlap_latent_frames, f"must be in [1, window_latent_frames={self.window_latent_frames})")
         _check(self.batch_size >= 1, "generate.batch_size", self.batch_size, "must be >= 1")
+        _check(self.upscale_videos >= 0, "generate.upscale_videos", self.upscale_videos, "must be >= 0 (0: all)")
         _check(self.strip_frames >= 1, "generate.strip_frames", self.strip_frames, "must be >= 1")
 
 

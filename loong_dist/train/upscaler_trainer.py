@@ -8,8 +8,11 @@ reconstruction of them shrunk 4x, the input generation produces.
 Each step draws `optim.micro_batch_size` sequences per rank with a generator seeded by (seed,
 step, rank), so a resumed run draws the same ones (`draw_sequences`): a random stretch of
 `window` frames of a clip, a random `crop` px window of it (and the matching 4x window of the
-real frames), flipped left-right half the time, its input the clean shrunk frames for a
+real frames), flipped left-right, flipped upside down and transposed, each half the time (the eight
+symmetries of the square, EDSR's augmentation), its input the clean shrunk frames for a
 `clean_share` of them. The recurrence is unrolled over the window and backpropagated through.
+Before the first step the model's fixed linear base becomes the least-squares filter of
+`base_fit_frames` bank frames per input kind (`fit_linear_base`), so the curve starts above bicubic.
 
 Every `eval_every` steps the held-out pairs (whole frames, each source at the largest size it has)
 are upscaled from both inputs with the uint8 API and scored against bicubic
@@ -63,13 +66,18 @@ def draw_sequences(hr: np.ndarray, lr: np.ndarray, n: int, seed: list[int], wind
     xs = rng.integers(0, lr.shape[3] - crop + 1, n)
     clean = rng.random(n) < clean_share
     flip = rng.random(n) < 0.5
+    flip_v, turn = rng.random(n) < 0.5, rng.random(n) < 0.5  # drawn last: the same clips and crops as before
     inputs, targets = [], []
-    for i, t0, y, x, c, f in zip(idx, starts, ys, xs, clean, flip):
+    for i, t0, y, x, c, f, v, r in zip(idx, starts, ys, xs, clean, flip, flip_v, turn):
         ty, tx = SCALE * y, SCALE * x
         target = hr[i, t0:t0 + window, ty:ty + SCALE * crop, tx:tx + SCALE * crop]  # (window, 4 crop, 4 crop, 3)
         source = shrink(target) if c else lr[i, t0:t0 + window, y:y + crop, x:x + crop]  # (window, c, c, 3)
         if f:
             target, source = target[:, :, ::-1], source[:, :, ::-1]
+        if v:
+            target, source = target[:, ::-1], source[:, ::-1]
+        if r:  # the crop is square: a transpose keeps its shape
+            target, source = target.transpose(0, 2, 1, 3), source.transpose(0, 2, 1, 3)
         inputs.append(np.ascontiguousarray(source))
         targets.append(np.ascontiguousarray(target))
     return torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
@@ -139,6 +147,27 @@ class UpscalerTrainer:
             pairs = held_out_pairs(held, ut.eval_clips, ut.eval_frames, cfg.data.fps, ut.hr_size, cfg.run.seed + 1,
                                    tokenizer, self.storage)
             save_pairs(self.out / "eval_pairs.npz", pairs)
+
+    def fit_linear_base(self) -> None:
+        """Before the first step: the model's linear base becomes the least-squares filter of
+        `base_fit_frames` whole frames of the bank per input kind (clean shrink, tokenizer output),
+        weighted by their shares of the training inputs. Fitted on the first rank and broadcast, so
+        every replica holds the same base whatever its node's bank holds to the last bit."""
+        ut = self.cfg.upscaler_train
+        model = self.engine.module
+        if ut.base_fit_frames and self.is_main:
+            rng = np.random.default_rng([self.cfg.run.seed, ut.base_fit_frames])
+            picks = [(int(rng.integers(len(self.hr))), int(rng.integers(self.hr.shape[1])))
+                     for _ in range(ut.base_fit_frames)]
+            hr = np.stack([self.hr[i, t:t + 1] for i, t in picks])  # (n, 1, H, W, 3)
+            tok = np.stack([self.lr[i, t:t + 1] for i, t in picks])  # (n, 1, H/4, W/4, 3)
+            images = lambda a: _as_frames(torch.from_numpy(a), torch.device("cpu")).flatten(0, 1)  # noqa: E731
+            kinds = [(shrink(hr), ut.clean_share), (tok, 1 - ut.clean_share)]
+            model.fit_linear_base((images(x), images(hr), w) for x, w in kinds if w > 0)
+            log.info("linear base: least squares over %d frames of the bank per input kind", ut.base_fit_frames)
+        if dist.is_initialized():
+            for buffer in (model.base_weight, model.base_bias):
+                dist.broadcast(buffer, src=0)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's sequences for this step: inputs float (b, t, 3, h, w) and targets float
@@ -263,6 +292,7 @@ class UpscalerTrainer:
         ut = self.cfg.upscaler_train
         started = time.time()
         if self.step == 0:
+            self.fit_linear_base()
             self.evaluate()
         if self.step >= steps and self.is_main:
             log.info("nothing left to train (step %d of %d)", self.step, steps)

@@ -37,16 +37,56 @@ def test_shapes_and_dtype(b, t, h, w):
     assert up.upscale(_video(b, t, h, w).numpy()).shape == out.shape  # numpy in
 
 
-def test_untrained_model_is_bicubic():
-    # The residual head starts at zero: the output is torch's bicubic interpolation, rounded.
+@pytest.mark.parametrize("bf16", [False, True])
+def test_untrained_model_is_bicubic(bf16):
+    # The linear base starts as bicubic and the residual head at zero: the output is torch's bicubic
+    # interpolation, rounded, edges included. Under bf16 autocast too: the base runs in float32.
     torch.manual_seed(0)
     up = VideoUpscaler(TINY).eval()
-    video = _video(2, 4, 16, 16)
-    x = video.permute(0, 1, 4, 2, 3).reshape(-1, 3, 16, 16).double()  # (b t, 3, h, w)
+    video = _video(2, 4, 16, 24)
+    x = video.permute(0, 1, 4, 2, 3).reshape(-1, 3, 16, 24).double()  # (b t, 3, h, w)
     ref = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 255)
-    ref = ref.reshape(2, 4, 3, 64, 64).permute(0, 1, 3, 4, 2)
-    diff = (up.upscale(video).double() - ref).abs()
+    ref = ref.reshape(2, 4, 3, 64, 96).permute(0, 1, 3, 4, 2)
+    diff = (up.upscale(video, bf16=bf16).double() - ref).abs()
     assert float(diff.max()) <= 0.5 + 1e-3  # the float32 path rounds to the nearest level
+
+
+def test_linear_base_fit_recovers_a_linear_upsampler():
+    # Targets made by a known 5 x 5 conv + pixel shuffle (torch's conv, not the fit's unfold): the fit
+    # finds its weights, and the model with a zero residual reproduces the targets. Two sets of
+    # targets for the same frames, weighted 1 and 3, give the weighted mean of their filters.
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.rand(6, 3, 12, 16, generator=gen, dtype=torch.float64)
+
+    def upsampled(weight, bias):
+        return F.pixel_shuffle(F.conv2d(F.pad(frames, (2, 2, 2, 2), mode="replicate"), weight, bias), 4)
+
+    w1, w2 = torch.randn(2, 48, 3, 5, 5, generator=gen, dtype=torch.float64) * 0.1
+    b1, b2 = torch.randn(2, 48, generator=gen, dtype=torch.float64) * 0.1
+    up = VideoUpscaler(TINY)
+    up.fit_linear_base([(frames.float(), upsampled(w1, b1).float(), 1.0)])
+    torch.testing.assert_close(up.base_weight.double(), w1, atol=1e-4, rtol=0)
+    torch.testing.assert_close(up.base_bias.double(), b1, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        out = up(frames.float()[None])[0]  # the residual head is still zero
+    torch.testing.assert_close(out.double(), upsampled(w1, b1), atol=1e-4, rtol=0)
+    kinds = ((w1, b1, 1.0), (w2, b2, 3.0))
+    up.fit_linear_base([(frames.float(), upsampled(w, b).float(), weight) for w, b, weight in kinds])
+    torch.testing.assert_close(up.base_weight.double(), (w1 + 3 * w2) / 4, atol=1e-4, rtol=0)
+    saved = up.base_weight.clone()
+    up.fit_linear_base([])  # no pixels: the base stays
+    assert torch.equal(up.base_weight, saved)
+
+
+def test_fed_back_output_is_bounded():
+    # However large the residual, the output folded back into the next step is clamped to [0, 1].
+    up = _trained_like()
+    with torch.no_grad():
+        up.to_residual.bias.fill_(100.0)
+        x = torch.from_numpy(np.random.default_rng(3).random((1, 4, 3, 8, 8), dtype=np.float32))
+        out, (hidden, last) = up.run(x, 0, 4, None)
+    assert float(out[-1].min()) > 50  # the output itself is not clamped (training sees the raw residual)
+    assert float(last.min()) >= -0.5 and float(last.max()) <= 0.5 and float(hidden.abs().max()) <= 1
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7])
