@@ -146,14 +146,15 @@ def main(argv: list[str] | None = None) -> int:
                                     progress=lambda s: log.info("%s: %.1f / %.1f s of video generated (%.0f s)",
                                                                 name, s, gen_cfg.seconds, time.perf_counter() - t0))
         for row, i in enumerate(batch):
-            frames, paths = result.frames[row], output_paths(args.out, i, len(prompts), upscaler is not None)
+            upscale = upscaler is not None and (gen_cfg.upscale_videos == 0 or i < gen_cfg.upscale_videos)
+            frames, paths = result.frames[row], output_paths(args.out, i, len(prompts), upscale)
             local = {k: folder.path(v.rstrip("/").rsplit("/", 1)[-1]) for k, v in paths.items()}
             local["mp4"].parent.mkdir(parents=True, exist_ok=True)
             write_mp4(local["mp4"], frames, fps=cfg.data.fps)
             write_gif(local["gif"], frames, fps=cfg.data.fps)
             Image.fromarray(frame_strip(frames, gen_cfg.strip_frames)).save(local["png"])
             upscaled = {}
-            if upscaler is not None:
+            if upscale:
                 upscaled = write_upscaled(upscaler, frames, local["mp4_x4"], cfg.data.fps, cfg.upscaler.chunk_frames,
                                           strip=local["png_x4"], strip_frames=gen_cfg.strip_frames)
                 log.info("%s: upscaled to %dx%d in %.1f s -> %s", name, *upscaled["size"], upscaled["upscale_s"],

@@ -14,11 +14,12 @@ Steps: real sample videos -> synthetic clips -> text tokenizer -> video tokenize
 checkpoint, checkpoints/tokenizer_cpu/; --train-tokenizer trains one instead) -> Ray
 pre-tokenization into shards -> Loong stages 1-3 (images, 17-frame clips, 65-frame clips; 2 ranks,
 DeepSpeed ZeRO-1, each stage from the previous one's weights) -> the stage-2 recipe again with the
-plain token mean (the re-weighting ablation) -> 60 s videos for held-out synthetic prompts, also
-written at 512 px by the shipped 4x upscaler (checkpoints/upscaler_cpu/, --upscaler) -> tokenizer
-and generation evaluation -> 60 s videos from the shipped transformer
-(checkpoints/t2v_cpu/, --shipped-seconds; prompts held out of its own training corpus) and their
-evaluation -> report.html. The demo's own tiny transformer exercises the pipeline; the shipped one,
+plain token mean (the re-weighting ablation) -> 60 s videos for held-out synthetic prompts ->
+tokenizer and generation evaluation -> 60 s videos from the shipped transformer
+(checkpoints/t2v_cpu/, --shipped-seconds; prompts held out of its own training corpus), also
+the first of them written at 512 px by the shipped 4x upscaler (checkpoints/upscaler_cpu/,
+--upscaler; the demo's own instead when there is no shipped transformer), and their evaluation ->
+report.html. The demo's own tiny transformer exercises the pipeline; the shipped one,
 trained for hours by the same jobs (configs/cpu/), is what shows the prompts followed. Overrides
 of data.*, generate.*, model.* and text.* are the demo model's and do not reach the shipped one.
 
@@ -103,11 +104,16 @@ def plan(out: Path, size: str, data_config: str, train_tokenizer: bool, shards: 
     steps.append(Step(ABLATION, "jobs.train", cfg("_stage2"),
                       ["--shards", shards, "--out", str(out / ABLATION), "--nproc", "2"],
                       (f"train.init_from={out / 'stage1'}", "loss.mode=token_mean")))
+    shipped = SHIPPED_MODEL.is_file() and shipped_seconds > 0
+    # the shipped model's videos (they show the prompt), the first one only: minutes per minute of video here
+    upscale = ["--upscaler", upscaler] if upscaler else []
+    upscale_first = ("generate.upscale_videos=1",) if upscaler else ()
     steps += [
         Step("generate", "jobs.generate", cfg("_stage3"),
              ["--checkpoint", str(out / STAGES[-1] / "model.safetensors"), "--tokenizer", tokenizer,
               "--text-tokenizer", text_model, "--prompts-file", str(out / "prompts.jsonl"),
-              "--out", str(out / "generate" / "videos.mp4"), *(["--upscaler", upscaler] if upscaler else [])]),
+              "--out", str(out / "generate" / "videos.mp4"), *([] if shipped else upscale)],
+             () if shipped else upscale_first),
         Step("generate_eval", "jobs.evaluate", cfg("_stage3"),
              ["generation", "--videos", str(out / "generate" / "videos.json"), "--tokenizer", tokenizer,
               "--out", str(out / "generate_eval")]),
@@ -115,11 +121,12 @@ def plan(out: Path, size: str, data_config: str, train_tokenizer: bool, shards: 
              ["tokenizer", "--checkpoint", tokenizer, "--manifest", str(out / "samples" / "held_out.jsonl"),
               "--out", str(out / "tokenizer_eval"), "--clips", "15"]),
     ]
-    if SHIPPED_MODEL.is_file() and shipped_seconds > 0:  # it carries its tokenizers and sampling settings
+    if shipped:  # it carries its tokenizers and sampling settings
         steps += [
             Step("generate_shipped", "jobs.generate", cfg(),
                  ["--checkpoint", str(SHIPPED_MODEL), "--prompts-file", str(out / "prompts_shipped.jsonl"),
-                  "--seconds", f"{shipped_seconds:g}", "--out", str(out / "generate_shipped" / "videos.mp4")]),
+                  "--seconds", f"{shipped_seconds:g}", "--out", str(out / "generate_shipped" / "videos.mp4"),
+                  *upscale], upscale_first),
             Step("generate_shipped_eval", "jobs.evaluate", cfg(),
                  ["generation", "--videos", str(out / "generate_shipped" / "videos.json"),
                   "--out", str(out / "generate_shipped_eval")]),
@@ -166,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"length of the videos generated with the shipped transformer "
                              f"{SHIPPED_MODEL.relative_to(PROJECT_ROOT)} (0: skip those steps)")
     parser.add_argument("--upscaler", default=str(SHIPPED_UPSCALER) if SHIPPED_UPSCALER.is_file() else "",
-                        metavar="U", help=f"also write the demo's generated videos 4x larger with this upscaler "
+                        metavar="U", help=f"also write the shipped transformer's first video (the demo's own "
+                                          f"without it) 4x larger with this upscaler "
                                           f"(default: the shipped {SHIPPED_UPSCALER.relative_to(PROJECT_ROOT)} "
                                           f"where present; '' for none)")
     command = "python -m jobs.quickstart " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -50,8 +50,10 @@ def evaluate_pairs(model: VideoUpscaler, pairs: list[dict], chunk_frames: int = 
 
     Returns {"clean": {...}, "tokenizer": {...}} means over the clips - psnr, ssim, flicker (ours)
     and bicubic_psnr, bicubic_ssim, bicubic_flicker, psnr_gain (ours - bicubic, dB) - plus
-    "per_clip" (the same per clip and input) and "outputs" ({kind: [ours uint8 (T, H, W, 3)]},
-    bicubic's beside it as "bicubic")."""
+    "by_size" (the same means over the clips of each target size, {"512": {"clips": n, "clean":
+    ..., "tokenizer": ...}}: 512 is what generation's 128 px videos become), "per_clip" (the same
+    per clip and input) and "outputs" ({kind: [ours uint8 (T, H, W, 3)]}, bicubic's beside it as
+    "bicubic")."""
     was_training = model.training
     model.eval()
     summary: dict = {}
@@ -68,10 +70,17 @@ def evaluate_pairs(model: VideoUpscaler, pairs: list[dict], chunk_frames: int = 
             ours_all.append(ours)
             ref_all.append(ref)
         outputs["ours"][kind], outputs["bicubic"][kind] = ours_all, ref_all
-        rows = [r[kind] for r in per_clip]
-        summary[kind] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+        summary[kind] = _means([r[kind] for r in per_clip])
+    by_size = {str(size): {"clips": len(rows), **{kind: _means([r[kind] for r in rows]) for kind in INPUTS}}
+               for size in sorted({r["size"] for r in per_clip}, reverse=True)
+               for rows in [[r for r in per_clip if r["size"] == size]]}
     model.train(was_training)
-    return {**summary, "per_clip": per_clip, "outputs": outputs}
+    return {**summary, "by_size": by_size, "per_clip": per_clip, "outputs": outputs}
+
+
+def _means(rows: list[dict]) -> dict[str, float]:
+    """The mean of each score over rows of scores ({} for no rows)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
 
 def side_by_side(bicubic: np.ndarray, ours: np.ndarray, truth: np.ndarray, gutter: int = 4) -> np.ndarray:

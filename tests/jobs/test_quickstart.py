@@ -72,6 +72,17 @@ def test_quickstart_on_s3_skips_finished_steps_on_rerun(tmp_path, sample_videos,
     _check_outputs(out, index)
 
 
+def test_the_upscaler_goes_to_the_shipped_models_videos(tmp_path):
+    from jobs.quickstart import SHIPPED_MODEL, plan
+    assert SHIPPED_MODEL.is_file()
+    for seconds, upscaled in ((60.0, "generate_shipped"), (0.0, "generate")):
+        steps = {s.name: s for s in plan(tmp_path, "small", "c.yaml", False, "shards", seconds, upscaler="U.st")}
+        assert [n for n, s in steps.items() if "--upscaler" in s.args] == [upscaled]
+        assert steps[upscaled].args[steps[upscaled].args.index("--upscaler") + 1] == "U.st"
+        assert "generate.upscale_videos=1" in steps[upscaled].overrides  # one minute of video, not three
+    assert not any("--upscaler" in s.args for s in plan(tmp_path, "small", "c.yaml", False, "shards", 60.0))
+
+
 def test_quickstart_bad_override_is_one_line(tmp_path):
     proc = run("--out", str(tmp_path / "x"), "synthetic.n=zero")
     assert proc.returncode == 2
