@@ -105,7 +105,7 @@ def plan(out: Path, size: str, data_config: str, train_tokenizer: bool, shards: 
                       ["--shards", shards, "--out", str(out / ABLATION), "--nproc", "2"],
                       (f"train.init_from={out / 'stage1'}", "loss.mode=token_mean")))
     shipped = SHIPPED_MODEL.is_file() and shipped_seconds > 0
-    # the shipped model's videos (they show the prompt), the first one only: minutes per minute of video here
+    # the shipped model's videos (they show the prompt), the first one only: a minute of upscaling per minute here
     upscale = ["--upscaler", upscaler] if upscaler else []
     upscale_first = ("generate.upscale_videos=1",) if upscaler else ()
     steps += [
