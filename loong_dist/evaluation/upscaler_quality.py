@@ -71,9 +71,10 @@ def evaluate_pairs(model: VideoUpscaler, pairs: list[dict], chunk_frames: int = 
             ref_all.append(ref)
         outputs["ours"][kind], outputs["bicubic"][kind] = ours_all, ref_all
         summary[kind] = _means([r[kind] for r in per_clip])
-    by_size = {str(size): {"clips": len(rows), **{kind: _means([r[kind] for r in rows]) for kind in INPUTS}}
-               for size in sorted({r["size"] for r in per_clip}, reverse=True)
-               for rows in [[r for r in per_clip if r["size"] == size]]}
+    by_size = {}
+    for size in sorted({r["size"] for r in per_clip}, reverse=True):
+        rows = [r for r in per_clip if r["size"] == size]
+        by_size[str(size)] = {"clips": len(rows), **{kind: _means([r[kind] for r in rows]) for kind in INPUTS}}
     model.train(was_training)
     return {**summary, "by_size": by_size, "per_clip": per_clip, "outputs": outputs}
 

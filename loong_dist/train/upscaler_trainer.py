@@ -162,8 +162,9 @@ class UpscalerTrainer:
             hr = np.stack([self.hr[i, t:t + 1] for i, t in picks])  # (n, 1, H, W, 3)
             tok = np.stack([self.lr[i, t:t + 1] for i, t in picks])  # (n, 1, H/4, W/4, 3)
             images = lambda a: _as_frames(torch.from_numpy(a), torch.device("cpu")).flatten(0, 1)  # noqa: E731
+            target = images(hr)  # the same real frames for both kinds
             kinds = [(shrink(hr), ut.clean_share), (tok, 1 - ut.clean_share)]
-            model.fit_linear_base((images(x), images(hr), w) for x, w in kinds if w > 0)
+            model.fit_linear_base((images(x), target, w) for x, w in kinds if w > 0)
             log.info("linear base: least squares over %d frames of the bank per input kind", ut.base_fit_frames)
         if dist.is_initialized():
             for buffer in (model.base_weight, model.base_bias):
