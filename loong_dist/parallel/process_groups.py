@@ -64,6 +64,26 @@ def init_parallel(tp_size: int = 1, backend: str | None = None) -> ParallelGroup
         device=device)
 
 
+def dp_mean(values: dict[str, float], groups: ParallelGroups) -> dict[str, float]:
+    """The mean of each value over the data-parallel ranks (every rank gets it): a step's loss
+    over the global batch, where each rank holds its own share's."""
+    if not (dist.is_initialized() and groups.dp_size > 1):
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=groups.device)
+    dist.all_reduce(t, group=groups.dp_group)
+    return dict(zip(values, (t / groups.dp_size).tolist()))
+
+
+def first_rank_says(flag: bool) -> bool:
+    """Rank 0's `flag` on every rank: one decision where each rank's own could differ (a wall-clock
+    limit read at slightly different moments), so that no rank stops while another goes on."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
 def destroy_parallel(keep_process_group: bool = False) -> None:
     """Tear down megatron's groups and torch.distributed; `keep_process_group`: leave the default
     process group to the launcher that created it (Ray Train destroys its own)."""

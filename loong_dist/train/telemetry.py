@@ -1,4 +1,5 @@
-"""Per-latent-frame loss telemetry: the imbalance that Loong's loss re-weighting is about.
+"""Training telemetry: per-step logs, and the per-latent-frame loss that Loong's loss re-weighting
+is about.
 
 Each step's mean loss per latent-frame index (over the global batch) goes into metrics.jsonl as
 `frame_loss` (null where the step's bucket has no such frame) and to TensorBoard as
@@ -13,6 +14,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loong_dist.evaluation.plots import line_chart
+
+
+def rewind_rows(path: Path, step: int) -> None:
+    """Keep the lines of a per-step JSON-lines log (metrics.jsonl, eval.jsonl) up to `step`, the
+    step a run continues from: a run killed after its last checkpoint logged steps that it will
+    train again. Lines torn by the kill go too; the file is replaced whole."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except ValueError:
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
 
 
 def read_frame_losses(metrics: str | Path) -> list[tuple[int, list[float | None]]]:

@@ -1,15 +1,17 @@
 """Video tokenizer training: reconstruction + FSQ range penalty, data-parallel through the same
 DeepSpeed engine builder as the transformer.
 
-Each step draws `optim.micro_batch_size` clips per rank from the clip bank with a generator seeded
-by (seed, step, rank) - so a resumed run draws the same clips - draws text over a
-`tokenizer_train.text_overlay` share of them, crops them to `tokenizer_train.crop` and flips half
-(`draw_clips`). Every `eval_every` steps the held-out clips (whole frames) are encoded and decoded
-with the uint8 API and scored (PSNR, SSIM, codebook use) against the bilinear 8x reference; the
-numbers go to TensorBoard and to `eval.jsonl` (with wall time: the PSNR against training time,
-drawn as `psnr_curve.png`), and `preview_<step>.gif` shows originals beside reconstructions.
-Checkpoints: DeepSpeed's (resume) plus the weights exported as `tokenizer.safetensors` (what
-load_tokenizer reads).
+Each micro-batch draws `optim.micro_batch_size` clips from the clip bank with a generator seeded
+by (seed, step, its index in the global batch: rank x grad_accum_steps + micro-batch) - so a resumed
+run draws the same clips, and so does a run on another layout with the same global batch - draws
+text over a `tokenizer_train.text_overlay` share of them, crops them to `tokenizer_train.crop` and
+flips half (`draw_clips`). Each step's losses (the global batch's means) go to `metrics.jsonl`.
+Every `eval_every` steps the held-out clips (whole frames) are encoded and decoded with the uint8
+API and scored (PSNR, SSIM, codebook use) against the bilinear 8x reference; the numbers go to
+TensorBoard and to `eval.jsonl` (with wall time: the PSNR against training time, drawn as
+`psnr_curve.png`), and `preview_<step>.gif` shows originals beside reconstructions. Checkpoints:
+DeepSpeed's (resume) plus the weights exported as `tokenizer.safetensors` (what load_tokenizer
+reads).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from loong_dist.io.storage import Storage
 from loong_dist.io.video import write_gif
 from loong_dist.models.tokenizer import VideoTokenizer, save_tokenizer
 from loong_dist.parallel.engine import build_engine, load_checkpoint_file, use_bf16
-from loong_dist.parallel.process_groups import ParallelGroups
+from loong_dist.parallel.process_groups import ParallelGroups, dp_mean, first_rank_says
 from loong_dist.train.checkpoint_mirror import download_tag, fetch_tag, publish_checkpoint, resume_tag
+from loong_dist.train.telemetry import rewind_rows
 
 log = logging.getLogger(__name__)
 
@@ -109,31 +112,33 @@ class TokenizerTrainer:
             log.info("tokenizer: %.2fM parameters, codebook %d, bank %s", n_params / 1e6, self.model.codebook_size,
                      tuple(self.bank.shape))
 
-    def batch(self) -> torch.Tensor:
-        """This rank's clips for this step: float (b, 3, T, H, W) in [-1, 1] (`draw_clips`)."""
+    def batch(self, micro: int = 0) -> torch.Tensor:
+        """This rank's clips for micro-batch `micro` of this step: float (b, 3, T, H, W) in [-1, 1]
+        (`draw_clips`)."""
         tt = self.cfg.tokenizer_train
-        clips = draw_clips(self.bank, self.cfg.optim.micro_batch_size,
-                           [self.cfg.run.seed, self.step, self.groups.dp_rank], crop=tt.crop,
-                           text_overlay=tt.text_overlay)
+        index = self.groups.dp_rank * self.cfg.optim.grad_accum_steps + micro  # in the global batch
+        clips = draw_clips(self.bank, self.cfg.optim.micro_batch_size, [self.cfg.run.seed, self.step, index],
+                           crop=tt.crop, text_overlay=tt.text_overlay)
         x = clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (b, 3, T, H, W)
         return x.to(self.groups.device)
 
     def train_step(self) -> dict:
         tt = self.cfg.tokenizer_train
-        losses = {}
+        losses = dict.fromkeys(("loss", "l1", "l2", "fsq_bound"), 0.0)
         gas = self.cfg.optim.grad_accum_steps
-        for _ in range(gas):  # backward only accumulates (the engine's accumulation is ours), step() updates
-            x = self.batch()
+        for micro in range(gas):  # backward only accumulates (the engine's accumulation is ours), step() updates
+            x = self.batch(micro)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 recon, _, aux = self.engine(x)
             recon = recon.float()
             l1, l2 = F.l1_loss(recon, x), F.mse_loss(recon, x)
             loss = tt.l1_weight * l1 + tt.l2_weight * l2 + tt.fsq_bound_weight * aux["fsq_bound"]
             self.engine.backward(loss / gas, scale_wrt_gas=False)
-            losses = {"loss": loss.item(), "l1": l1.item(), "l2": l2.item(), "fsq_bound": aux["fsq_bound"].item()}
+            for k, v in (("loss", loss), ("l1", l1), ("l2", l2), ("fsq_bound", aux["fsq_bound"])):
+                losses[k] += v.item() / gas
         self.engine.step()
         self.step += 1
-        return losses
+        return dp_mean(losses, self.groups)  # over the global batch
 
     def save(self) -> None:
         tag = f"step{self.step:08d}"
@@ -149,7 +154,8 @@ class TokenizerTrainer:
         save_tokenizer(self._export_model(), self.out / "tokenizer.safetensors")
         if self.writer is not None:
             self.writer.flush()
-        for name in ("tokenizer.safetensors", "eval.jsonl", "psnr_curve.png", "previews", "tensorboard"):
+        for name in ("tokenizer.safetensors", "metrics.jsonl", "eval.jsonl", "psnr_curve.png", "previews",
+                     "tensorboard"):
             self.run.publish(name)
 
     def _fp32_model(self) -> VideoTokenizer:
@@ -181,17 +187,24 @@ class TokenizerTrainer:
 
     def resume(self) -> bool:
         """The run's latest checkpoint, the same tag on every rank (decided on rank 0), fetched
-        from the run folder by a node that does not hold it."""
+        from the run folder by a node that does not hold it. Rows of metrics.jsonl and eval.jsonl
+        logged after it (by a run that died before its next checkpoint) are dropped: the resumed
+        run logs those steps again."""
         tag = resume_tag(self.storage, self.ckpt_dir, self.mirror, self.is_main)
         if tag is None:
+            if self.is_main:  # rows of a run that died before its first checkpoint: it starts over
+                for name in ("metrics.jsonl", "eval.jsonl"):
+                    (self.out / name).unlink(missing_ok=True)
             return False
         fetch_tag(self.storage, self.ckpt_dir, self.mirror, tag, self.node_main)
-        if self.is_main:
-            self.run.fetch("eval.jsonl")
         path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if path is None:
             return False
         self.step, self.wall = int(client["step"]), float(client["wall"])
+        if self.is_main:
+            for name in ("metrics.jsonl", "eval.jsonl"):
+                if self.run.fetch(name):
+                    rewind_rows(self.out / name, self.step)
         log.info("resumed from %s at step %d (%.0f s trained)", path, self.step, self.wall)
         return True
 
@@ -237,6 +250,8 @@ class TokenizerTrainer:
             losses = self.train_step()
             self.wall += time.perf_counter() - t0
             if self.is_main:
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"step": self.step, **losses}) + "\n")
                 for k, v in losses.items():
                     self.writer.add_scalar(f"train/{k}", v, self.step)
                 if self.step % self.cfg.run.log_every == 0:
@@ -245,7 +260,7 @@ class TokenizerTrainer:
                              self.wall / max(self.step, 1))
             if self.step % tt.eval_every == 0:
                 self.evaluate()
-            out_of_time = max_seconds is not None and time.time() - started > max_seconds
+            out_of_time = max_seconds is not None and first_rank_says(time.time() - started > max_seconds)
             if self.step % tt.save_every == 0 or self.step == steps or out_of_time:
                 self.save()
             if out_of_time:

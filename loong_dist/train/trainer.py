@@ -54,7 +54,7 @@ from loong_dist.parallel.engine import build_engine, build_model, load_checkpoin
 from loong_dist.parallel.layout_free import adam_step, read_state, unsharded_master, write_state
 from loong_dist.parallel.process_groups import ParallelGroups
 from loong_dist.train.checkpoint_mirror import download_latest, fetch_tag, publish_checkpoint, resume_tag
-from loong_dist.train.telemetry import plot_frame_losses
+from loong_dist.train.telemetry import plot_frame_losses, rewind_rows
 
 log = logging.getLogger(__name__)
 
@@ -510,22 +510,6 @@ class Trainer:
             if v is not None:
                 self._tb.add_scalar(f"loss/frame_{i}", v, stats.step)
 
-    def _trim_metrics(self, metrics: Path) -> None:
-        """Drop metric lines past the step this run continues from (a run killed after its last
-        checkpoint logged steps that it will now train again)."""
-        if not metrics.exists():
-            return
-        keep = []
-        for line in metrics.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= self.step:
-                    keep.append(line)
-            except ValueError:  # a line torn by the kill
-                continue
-        tmp = metrics.with_name(metrics.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(metrics)
-
     def fit(self, steps: int | None = None, on_step=None) -> list[StepStats]:
         steps = steps or self.cfg.optim.steps
         history = []
@@ -535,7 +519,7 @@ class Trainer:
         metrics = self.out / "metrics.jsonl"
         if self.is_main:
             self.run.fetch("metrics.jsonl")  # a new node continues the published file
-            self._trim_metrics(metrics)
+            rewind_rows(metrics, self.step)
         while self.step < steps:
             stats = self.train_step()
             history.append(stats)

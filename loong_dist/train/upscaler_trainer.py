@@ -5,8 +5,10 @@ Data (loong_dist/data/upscaler_pairs.py): a bank of `upscaler_train.clips` pairs
 (resumably: hours of tokenizer work on a busy CPU survive a kill) and kept in the run folder - real
 clips at hr_size from the training manifests (held-out entries never) and the video tokenizer's
 reconstruction of them shrunk 4x, the input generation produces.
-Each step draws `optim.micro_batch_size` sequences per rank with a generator seeded by (seed,
-step, rank), so a resumed run draws the same ones (`draw_sequences`): a random stretch of
+Each micro-batch draws `optim.micro_batch_size` sequences with a generator seeded by (seed, step,
+its index in the global batch: rank x grad_accum_steps + micro-batch), so a resumed run draws the
+same ones, and so does a run on another layout with the same global batch (`draw_sequences`): a
+random stretch of
 `window` frames of a clip, a random `crop` px window of it (and the matching 4x window of the
 real frames), flipped left-right, flipped upside down and transposed, each half the time (the eight
 symmetries of the square, EDSR's augmentation), its input the clean shrunk frames for a
@@ -18,8 +20,9 @@ Every `eval_every` steps the held-out pairs (whole frames, each source at the la
 are upscaled from both inputs with the uint8 API and scored against bicubic
 (loong_dist/evaluation/upscaler_quality.py); the numbers go to TensorBoard and to `eval.jsonl`
 (with wall time; drawn as `psnr_curve.png`), and `previews/preview_<step>.gif` shows centre crops,
-bicubic | ours | original. Each step's loss goes to `metrics.jsonl`. Checkpoints: DeepSpeed's
-(resume) plus the weights exported as `upscaler.safetensors` (what load_upscaler reads).
+bicubic | ours | original. Each step's loss (the global batch's mean) goes to `metrics.jsonl`.
+Checkpoints: DeepSpeed's (resume) plus the weights exported as `upscaler.safetensors` (what
+load_upscaler reads).
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ from loong_dist.io.video import write_gif
 from loong_dist.models.tokenizer import load_tokenizer
 from loong_dist.models.upscaler import VideoUpscaler, save_upscaler
 from loong_dist.parallel.engine import build_engine, use_bf16
-from loong_dist.parallel.process_groups import ParallelGroups
+from loong_dist.parallel.process_groups import ParallelGroups, dp_mean, first_rank_says
 from loong_dist.train.checkpoint_mirror import fetch_tag, publish_checkpoint, resume_tag
+from loong_dist.train.telemetry import rewind_rows
 
 log = logging.getLogger(__name__)
 
@@ -170,19 +174,20 @@ class UpscalerTrainer:
             for buffer in (model.base_weight, model.base_bias):
                 dist.broadcast(buffer, src=0)
 
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's sequences for this step: inputs float (b, t, 3, h, w) and targets float
-        (b, t, 3, 4h, 4w), both in [0, 1] (`draw_sequences`)."""
+    def batch(self, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's sequences for micro-batch `micro` of this step: inputs float (b, t, 3, h, w)
+        and targets float (b, t, 3, 4h, 4w), both in [0, 1] (`draw_sequences`)."""
         ut = self.cfg.upscaler_train
+        index = self.groups.dp_rank * self.cfg.optim.grad_accum_steps + micro  # in the global batch
         x, y = draw_sequences(self.hr, self.lr, self.cfg.optim.micro_batch_size,
-                              [self.cfg.run.seed, self.step, self.groups.dp_rank], ut.window, ut.crop, ut.clean_share)
+                              [self.cfg.run.seed, self.step, index], ut.window, ut.crop, ut.clean_share)
         return _as_frames(x, self.groups.device), _as_frames(y, self.groups.device)
 
     def train_step(self) -> dict:
         gas = self.cfg.optim.grad_accum_steps
         total = 0.0
-        for _ in range(gas):  # backward only accumulates (the engine's accumulation is ours), step() updates
-            x, y = self.batch()
+        for micro in range(gas):  # backward only accumulates (the engine's accumulation is ours), step() updates
+            x, y = self.batch(micro)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 out = self.engine(x)
             loss = charbonnier(out.float(), y, self.cfg.upscaler_train.charbonnier_eps)
@@ -190,7 +195,7 @@ class UpscalerTrainer:
             total += loss.item() / gas
         self.engine.step()
         self.step += 1
-        return {"loss": total, "lr": self.engine.get_lr()[0]}
+        return {**dp_mean({"loss": total}, self.groups), "lr": self.engine.get_lr()[0]}
 
     def save(self) -> None:
         tag = f"step{self.step:08d}"
@@ -237,9 +242,7 @@ class UpscalerTrainer:
         if self.is_main:
             for name in ("metrics.jsonl", "eval.jsonl"):
                 if self.run.fetch(name):
-                    rows = [line for line in (self.out / name).read_text().splitlines()
-                            if line and json.loads(line)["step"] <= self.step]
-                    (self.out / name).write_text("".join(r + "\n" for r in rows))
+                    rewind_rows(self.out / name, self.step)
         log.info("resumed from %s at step %d (%.0f s trained)", path, self.step, self.wall)
         return True
 
@@ -311,7 +314,7 @@ class UpscalerTrainer:
                              metrics["lr"], self.wall / max(self.step, 1))
             if self.step % ut.eval_every == 0:
                 self.evaluate()
-            out_of_time = max_seconds is not None and time.time() - started > max_seconds
+            out_of_time = max_seconds is not None and first_rank_says(time.time() - started > max_seconds)
             if self.step % ut.save_every == 0 or self.step == steps or out_of_time:
                 self.save()
             if out_of_time:

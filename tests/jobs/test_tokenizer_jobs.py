@@ -1,6 +1,7 @@
 """jobs.train_tokenizer and jobs.evaluate tokenizer, end to end on tiny synthetic clips."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,27 @@ def test_train_resume_and_evaluate(tmp_path, synthetic):
     videos = {c["video"] for c in report["per_clip"]}
     # one row per video; first and last frame, original | reconstruction, and a 4 px gutter
     assert Image.open(out / "reconstructions.png").size == (4 * 64 + 4, 64 * len(videos))
+
+
+def test_two_ranks_train_as_one_rank_accumulating_the_same_global_batch(tmp_path, synthetic):
+    """Two local ranks of one micro-batch each against one rank accumulating two: the same global
+    batch (each micro-batch draws by its place in it, not by its rank alone), so the same losses,
+    logged as the global batch's means, at every step. Step 3's loss is that of step 2's update (the
+    first step runs at lr 0). Losses, not weights: a bias under a norm has no gradient but rounding
+    noise, which Adam scales to full steps in both runs alike."""
+    common = ["--config", "configs/tokenizer/cpu.yaml", "--manifest", str(synthetic), *TINY, "optim.steps=3",
+              "tokenizer_train.eval_manifest=", "parallel.precision=fp32"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    two = subprocess.Popen([sys.executable, "-m", "jobs.train_tokenizer", *common, "--out", str(tmp_path / "two"),
+                            "--nproc", "2"], cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _run("jobs.train_tokenizer", *common, "--out", str(tmp_path / "one"), "optim.grad_accum_steps=2")
+    assert two.wait() == 0, two.stderr.read()[-3000:]
+    rows = {k: [json.loads(line) for line in (tmp_path / k / "metrics.jsonl").read_text().splitlines()]
+            for k in ("one", "two")}
+    assert [r["step"] for r in rows["two"]] == [1, 2, 3]
+    for key in ("loss", "l1", "l2"):
+        assert [r[key] for r in rows["two"]] == pytest.approx([r[key] for r in rows["one"]], rel=1e-6), key
 
 
 def test_train_tokenizer_without_manifest_is_one_line(tmp_path):

@@ -106,6 +106,30 @@ def test_train_telemetry(runs):
     assert np.load(a / "pairs_hr.npy").shape == (4, 5, 64, 64, 3)
 
 
+def test_two_ranks_train_as_one_rank_accumulating_the_same_global_batch(sample_videos, tokenizer, tmp_path):
+    """Two local ranks of one micro-batch each against one rank accumulating two micro-batches: the
+    same global batch, so the same losses (logged as its mean) and the same weights. Rank 1 only
+    agrees if it received the linear base that rank 0 fitted and drew the global batch's second
+    micro-batch, as the single rank's second micro-batch does."""
+    common = ["--config", "configs/upscaler/cpu.yaml", "--manifest", str(sample_videos / "train.jsonl"),
+              "--tokenizer", str(tokenizer), *TINY, "optim.steps=2", "upscaler_train.save_every=2",
+              "upscaler_train.eval_manifest="]  # no held-out evaluation
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    two = subprocess.Popen([sys.executable, "-m", "jobs.train_upscaler", *common, "--out", str(tmp_path / "two"),
+                            "--nproc", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    _finish(_start(*common, "--out", str(tmp_path / "one"), "optim.grad_accum_steps=2"))
+    _finish(two)
+    rows = {k: _rows(tmp_path / k / "metrics.jsonl") for k in ("one", "two")}
+    assert [r["step"] for r in rows["two"]] == [1, 2]
+    assert [r["loss"] for r in rows["two"]] == pytest.approx([r["loss"] for r in rows["one"]], rel=1e-5)
+    one, two = (load_file(tmp_path / k / "upscaler.safetensors") for k in ("one", "two"))
+    assert not torch.allclose(two["base_weight"], bicubic_kernel(4), atol=1e-3)  # fitted, on rank 0 ...
+    for k in one:  # ... and used by rank 1 as well
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float(10 * np.log10(255 ** 2 / mse))
