@@ -85,11 +85,12 @@ def test_two_ranks_train_as_one_rank_accumulating_the_same_global_batch(tmp_path
     common = ["--config", "configs/tokenizer/cpu.yaml", "--manifest", str(synthetic), *TINY, "optim.steps=3",
               "tokenizer_train.eval_manifest=", "parallel.precision=fp32"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    two = subprocess.Popen([sys.executable, "-m", "jobs.train_tokenizer", *common, "--out", str(tmp_path / "two"),
-                            "--nproc", "2"], cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _run("jobs.train_tokenizer", *common, "--out", str(tmp_path / "one"), "optim.grad_accum_steps=2")
-    assert two.wait() == 0, two.stderr.read()[-3000:]
+    with open(tmp_path / "two.log", "w") as log:  # a file, not a pipe that nobody reads while "one" runs
+        two = subprocess.Popen([sys.executable, "-m", "jobs.train_tokenizer", *common, "--out", str(tmp_path / "two"),
+                                "--nproc", "2"], cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, stdout=log,
+                               stderr=subprocess.STDOUT)
+        _run("jobs.train_tokenizer", *common, "--out", str(tmp_path / "one"), "optim.grad_accum_steps=2")
+        assert two.wait() == 0, (tmp_path / "two.log").read_text()[-3000:]
     rows = {k: [json.loads(line) for line in (tmp_path / k / "metrics.jsonl").read_text().splitlines()]
             for k in ("one", "two")}
     assert [r["step"] for r in rows["two"]] == [1, 2, 3]

@@ -116,11 +116,11 @@ def test_two_ranks_train_as_one_rank_accumulating_the_same_global_batch(sample_v
               "upscaler_train.eval_manifest="]  # no held-out evaluation
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    two = subprocess.Popen([sys.executable, "-m", "jobs.train_upscaler", *common, "--out", str(tmp_path / "two"),
-                            "--nproc", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
-    _finish(_start(*common, "--out", str(tmp_path / "one"), "optim.grad_accum_steps=2"))
-    _finish(two)
+    with open(tmp_path / "two.log", "w") as log:  # a file, not a pipe that nobody reads while "one" runs
+        two = subprocess.Popen([sys.executable, "-m", "jobs.train_upscaler", *common, "--out", str(tmp_path / "two"),
+                                "--nproc", "2"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _finish(_start(*common, "--out", str(tmp_path / "one"), "optim.grad_accum_steps=2"))
+        assert two.wait() == 0, (tmp_path / "two.log").read_text()[-3000:]
     rows = {k: _rows(tmp_path / k / "metrics.jsonl") for k in ("one", "two")}
     assert [r["step"] for r in rows["two"]] == [1, 2]
     assert [r["loss"] for r in rows["two"]] == pytest.approx([r["loss"] for r in rows["one"]], rel=1e-5)
