@@ -14,12 +14,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loong_dist.evaluation.plots import line_chart
+from loong_dist.io.run_folder import RunFolder
 
 
-def rewind_rows(path: Path, step: int) -> None:
-    """Keep the lines of a per-step JSON-lines log (metrics.jsonl, eval.jsonl) up to `step`, the
-    step a run continues from: a run killed after its last checkpoint logged steps that it will
-    train again. Lines torn by the kill go too; the file is replaced whole."""
+def rewind_logs(run: RunFolder, step: int, names: Sequence[str]) -> None:
+    """A run's per-step JSON-lines logs (metrics.jsonl, eval.jsonl) as of `step`, the step it
+    continues from, before it logs anything: each is fetched from the run folder (a new node
+    continues the published file) and cut back to `step` (`_rewind_rows`); at step 0, a run with no
+    checkpoint to resume, the rows of the one that died before its first are removed (its step-0
+    evaluation included: it is logged again)."""
+    for name in names:
+        if step == 0:
+            run.path(name).unlink(missing_ok=True)
+        else:
+            run.fetch(name)
+            _rewind_rows(run.path(name), step)
+
+
+def _rewind_rows(path: Path, step: int) -> None:
+    """Keep the lines of a JSON-lines log up to `step`: a run killed after its last checkpoint
+    logged steps that it will train again. Lines torn by the kill go too; the file is replaced whole."""
     if not path.exists():
         return
     keep = []

@@ -40,7 +40,7 @@ from loong_dist.models.tokenizer import VideoTokenizer, save_tokenizer
 from loong_dist.parallel.engine import build_engine, load_checkpoint_file, use_bf16
 from loong_dist.parallel.process_groups import ParallelGroups, dp_mean, first_rank_says
 from loong_dist.train.checkpoint_mirror import download_tag, fetch_tag, publish_checkpoint, resume_tag
-from loong_dist.train.telemetry import rewind_rows
+from loong_dist.train.telemetry import rewind_logs
 
 log = logging.getLogger(__name__)
 
@@ -187,24 +187,15 @@ class TokenizerTrainer:
 
     def resume(self) -> bool:
         """The run's latest checkpoint, the same tag on every rank (decided on rank 0), fetched
-        from the run folder by a node that does not hold it. Rows of metrics.jsonl and eval.jsonl
-        logged after it (by a run that died before its next checkpoint) are dropped: the resumed
-        run logs those steps again."""
+        from the run folder by a node that does not hold it."""
         tag = resume_tag(self.storage, self.ckpt_dir, self.mirror, self.is_main)
         if tag is None:
-            if self.is_main:  # rows of a run that died before its first checkpoint: it starts over
-                for name in ("metrics.jsonl", "eval.jsonl"):
-                    (self.out / name).unlink(missing_ok=True)
             return False
         fetch_tag(self.storage, self.ckpt_dir, self.mirror, tag, self.node_main)
         path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if path is None:
             return False
         self.step, self.wall = int(client["step"]), float(client["wall"])
-        if self.is_main:
-            for name in ("metrics.jsonl", "eval.jsonl"):
-                if self.run.fetch(name):
-                    rewind_rows(self.out / name, self.step)
         log.info("resumed from %s at step %d (%.0f s trained)", path, self.step, self.wall)
         return True
 
@@ -239,6 +230,8 @@ class TokenizerTrainer:
         steps = steps or self.cfg.optim.steps
         tt = self.cfg.tokenizer_train
         started = time.time()
+        if self.is_main:  # rows logged after the checkpoint resumed from are logged again
+            rewind_logs(self.run, self.step, ["metrics.jsonl", "eval.jsonl"])
         if self.step == 0:
             self.evaluate()
         if self.step >= steps and self.is_main:  # a finished run started again: export with this config

@@ -54,7 +54,7 @@ from loong_dist.parallel.engine import build_engine, build_model, load_checkpoin
 from loong_dist.parallel.layout_free import adam_step, read_state, unsharded_master, write_state
 from loong_dist.parallel.process_groups import ParallelGroups
 from loong_dist.train.checkpoint_mirror import download_latest, fetch_tag, publish_checkpoint, resume_tag
-from loong_dist.train.telemetry import plot_frame_losses, rewind_rows
+from loong_dist.train.telemetry import plot_frame_losses, rewind_logs
 
 log = logging.getLogger(__name__)
 
@@ -518,8 +518,7 @@ class Trainer:
                                 self.loader.sampler.buckets[max(self.loader.sampler.buckets)].max_len)
         metrics = self.out / "metrics.jsonl"
         if self.is_main:
-            self.run.fetch("metrics.jsonl")  # a new node continues the published file
-            rewind_rows(metrics, self.step)
+            rewind_logs(self.run, self.step, ["metrics.jsonl"])
         while self.step < steps:
             stats = self.train_step()
             history.append(stats)

@@ -8,11 +8,10 @@ reconstruction of them shrunk 4x, the input generation produces.
 Each micro-batch draws `optim.micro_batch_size` sequences with a generator seeded by (seed, step,
 its index in the global batch: rank x grad_accum_steps + micro-batch), so a resumed run draws the
 same ones, and so does a run on another layout with the same global batch (`draw_sequences`): a
-random stretch of
-`window` frames of a clip, a random `crop` px window of it (and the matching 4x window of the
-real frames), flipped left-right, flipped upside down and transposed, each half the time (the eight
-symmetries of the square, EDSR's augmentation), its input the clean shrunk frames for a
-`clean_share` of them. The recurrence is unrolled over the window and backpropagated through.
+random stretch of `window` frames of a clip, a random `crop` px window of it (and the matching 4x
+window of the real frames), flipped left-right, flipped upside down and transposed, each half the
+time (the eight symmetries of the square, EDSR's augmentation), its input the clean shrunk frames
+for a `clean_share` of them. The recurrence is unrolled over the window and backpropagated through.
 Before the first step the model's fixed linear base becomes the least-squares filter of
 `base_fit_frames` bank frames per input kind (`fit_linear_base`), so the curve starts above bicubic.
 
@@ -50,7 +49,7 @@ from loong_dist.models.upscaler import VideoUpscaler, save_upscaler
 from loong_dist.parallel.engine import build_engine, use_bf16
 from loong_dist.parallel.process_groups import ParallelGroups, dp_mean, first_rank_says
 from loong_dist.train.checkpoint_mirror import fetch_tag, publish_checkpoint, resume_tag
-from loong_dist.train.telemetry import rewind_rows
+from loong_dist.train.telemetry import rewind_logs
 
 log = logging.getLogger(__name__)
 
@@ -225,24 +224,15 @@ class UpscalerTrainer:
 
     def resume(self) -> bool:
         """The run's latest checkpoint, the same tag on every rank (decided on rank 0), fetched
-        from the run folder by a node that does not hold it. Rows of metrics.jsonl and eval.jsonl
-        logged after it (by a run that died before its next checkpoint) are dropped: the resumed
-        run logs those steps again."""
+        from the run folder by a node that does not hold it."""
         tag = resume_tag(self.storage, self.ckpt_dir, self.mirror, self.is_main)
         if tag is None:
-            if self.is_main:  # rows of a run that died before its first checkpoint: it starts over
-                for name in ("metrics.jsonl", "eval.jsonl"):
-                    (self.out / name).unlink(missing_ok=True)
             return False
         fetch_tag(self.storage, self.ckpt_dir, self.mirror, tag, self.node_main)
         path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if path is None:
             return False
         self.step, self.wall = int(client["step"]), float(client["wall"])
-        if self.is_main:
-            for name in ("metrics.jsonl", "eval.jsonl"):
-                if self.run.fetch(name):
-                    rewind_rows(self.out / name, self.step)
         log.info("resumed from %s at step %d (%.0f s trained)", path, self.step, self.wall)
         return True
 
@@ -295,6 +285,8 @@ class UpscalerTrainer:
         steps = steps or self.cfg.optim.steps
         ut = self.cfg.upscaler_train
         started = time.time()
+        if self.is_main:  # rows logged after the checkpoint resumed from are logged again
+            rewind_logs(self.run, self.step, ["metrics.jsonl", "eval.jsonl"])
         if self.step == 0:
             self.fit_linear_base()
             self.evaluate()
