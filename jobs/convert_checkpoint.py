@@ -7,7 +7,8 @@ RUN is a run folder (its latest checkpoint), a run's checkpoints/ folder, or one
 folder (checkpoints/stepN); DIR a run folder: the checkpoint lands in DIR/checkpoints/stepN and
 DIR/checkpoints/latest names it, last. Either may be an s3:// prefix. `python -m jobs.train` with
 run.out_dir=DIR then resumes it on any TP x DP x ZeRO layout, on any number of ranks, as long as
-the global batch stays (train.global_batch_tokens). The files are checked against the
+the global batch stays (train.global_batch_tokens); so do jobs.train_tokenizer and
+jobs.train_upscaler their runs' checkpoints (`--out DIR`). The files are checked against the
 checkpoint's DCP metadata first: a checkpoint with a rank's file missing is refused, not copied.
 
 A checkpoint written by loong-dist before layout-free checkpoints (DeepSpeed's own files) is
@@ -79,10 +80,11 @@ def convert(storage: Storage, src: str, dst: str) -> str:
             local = storage.download_file(f, Path(tmp) / "file")
             storage.upload_file(local, join(out, rel))
     storage.write_text(join(dst, "checkpoints", "latest"), tag)
-    p, gb = meta["parallel"], meta["global_batch"]
-    log.info("%s: step %d, written at TP=%d x DP=%d, ZeRO-%d; %d files -> %s (global batch %d tokens: resume with "
-             "run.out_dir=%s%s on any layout)", folder, meta["step"], p["tp"], p["dp"], p["zero"], len(files), out,
-             gb["tokens"], dst, f" train.global_batch_tokens={gb['tokens']}" if gb["fixed"] else "")
+    p, gb = meta["parallel"], meta["global_batch"]  # the transformer's batch is in tokens, the others' in samples
+    batch = f"{gb['tokens']} tokens" if "tokens" in gb else f"{gb['samples']} samples"
+    log.info("%s: step %d, written at TP=%d x DP=%d, ZeRO-%d; %d files -> %s (global batch %s: resume with "
+             "run.out_dir=%s%s on any layout)", folder, meta["step"], p.get("tp", 1), p["dp"], p["zero"], len(files),
+             out, batch, dst, f" train.global_batch_tokens={gb['tokens']}" if gb.get("fixed") else "")
     return out
 
 

@@ -41,14 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = job_parser("python -m jobs.train_tokenizer", __doc__.splitlines()[0], ALIASES,
                         sections=("tokenizer_train", "tokenizer", "optim", "parallel", "data", "run"))
     parser.add_argument("--nproc", type=int, default=1, help="local data-parallel ranks when not under a launcher")
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop with a checkpoint after the first step that ends past this long (0: one step)")
     args = parser.parse_intermixed_args(argv)  # key=value items may come between flags
     cfg = resolve_config(args, ALIASES)
     if not cfg.tokenizer_train.manifests:
         raise ConfigError("config: tokenizer_train.manifests is empty: pass --manifest M[,M2]")
     if cfg.parallel.tp != 1:
         raise ConfigError(f"config: parallel.tp={cfg.parallel.tp}: the tokenizer trains data-parallel only")
-    max_seconds = args.max_minutes * 60 if args.max_minutes else None
+    max_seconds = args.max_minutes * 60 if args.max_minutes is not None else None
     RunFolder(cfg.run.out_dir, Storage(cfg.storage)).write_text("config.yaml", config_yaml(cfg))  # s3:// too
     if "RANK" in os.environ:
         run_rank(cfg, max_seconds)

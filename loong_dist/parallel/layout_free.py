@@ -10,6 +10,7 @@ Names and shapes are the single-device model's (TP=1, DP=1):
     model.<param>              float32 master weights
     optim.<param>.exp_avg      Adam's first moment
     optim.<param>.exp_avg_sq   Adam's second moment
+    buffer.<name>              a persistent buffer, as the model holds it (the same on every rank)
 
 A fused SwiGLU [gate; up] weight is two tensors, <param>#0 and <param>#1: its tensor-parallel
 shards interleave the two matrices, so the fused global tensor would not be their concatenation.
@@ -90,6 +91,16 @@ _MESH: list = []
 """[(default process group, tp, dp, device type), mesh] of the last mesh built: building one is a
 collective that makes a process group per mesh dimension, so a run builds it once. Holding the
 group object keeps a later default group (a test's next launch) from being mistaken for it."""
+
+
+def buffers(model: nn.Module) -> dict[str, Tensor]:
+    """The model's persistent buffers by their layout-free names (a fitted filter, not a RoPE table)."""
+    out = {}
+    for name, module in model.named_modules():
+        for key, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and key not in module._non_persistent_buffers_set:
+                out[f"buffer.{name}.{key}" if name else f"buffer.{key}"] = buffer
+    return out
 
 
 def _mesh(groups: ParallelGroups):
@@ -221,6 +232,7 @@ def write_state(folder: Path, engine, model: nn.Module, groups: ParallelGroups) 
                 mine = _rows(part, groups.dp_rank, groups.dp_size).contiguous().clone()
                 state[name] = DTensor.from_local(mine, mesh, _placements(e.tp_dim, Shard(0)), run_check=False,
                                                  shape=torch.Size(shape), stride=_contiguous_stride(shape))
+    state.update({k: v.detach().clone() for k, v in buffers(model).items()})  # replicated: DCP writes one copy
     dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder), single_file_per_rank=True, sync_files=True))
 
 
@@ -317,6 +329,12 @@ def read_state(folder: Path, engine, model: nn.Module, groups: ParallelGroups, s
                     raise UserError(f"{folder}: the checkpoint has no {name} (a checkpoint of another model?)")
                 if stored[name] != want:
                     raise UserError(f"{folder}: {name} has shape {list(stored[name])}, this model's is {list(want)}")
+    held = buffers(model)
+    for name, value in held.items():
+        if stored.get(name) != tuple(value.shape):
+            raise UserError(f"{folder}: " + (f"the checkpoint has no {name}" if name not in stored else
+                                             f"{name} has shape {list(stored[name])}, this model's is "
+                                             f"{list(value.shape)}"))
     if moments:
         _materialise_optimizer_state(engine, step)
     mesh = _mesh(groups)
@@ -337,10 +355,15 @@ def read_state(folder: Path, engine, model: nn.Module, groups: ParallelGroups, s
                 parts = [state[name].to_local() for name in e.names(kind)]
                 value = parts[0] if e.parts == 1 else torch.cat(parts, 0)
                 _set(engine, e.param, kind, value)
+    if held:
+        state = {k: torch.empty_like(v) for k, v in held.items()}
+        dcp.load(state, storage_reader=dcp.FileSystemReader(str(folder)))
+        for k, v in state.items():
+            held[k].copy_(v)
     if hasattr(engine.optimizer, "fp16_partitioned_groups_flat"):  # ZeRO-3: low-precision partitions from fp32
         opt = engine.optimizer
         for lp, hp in zip(opt.fp16_partitioned_groups_flat, opt.fp32_partitioned_groups_flat):
             lp.data.copy_(hp.data)
 
 
-__all__ = ["adam_step", "entries", "read_state", "stored_shapes", "unsharded_master", "write_state"]
+__all__ = ["adam_step", "buffers", "entries", "read_state", "stored_shapes", "unsharded_master", "write_state"]

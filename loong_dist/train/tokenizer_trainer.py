@@ -10,8 +10,8 @@ Every `eval_every` steps the held-out clips (whole frames) are encoded and decod
 API and scored (PSNR, SSIM, codebook use) against the bilinear 8x reference; the numbers go to
 TensorBoard and to `eval.jsonl` (with wall time: the PSNR against training time, drawn as
 `psnr_curve.png`), and `preview_<step>.gif` shows originals beside reconstructions. Checkpoints:
-DeepSpeed's (resume) plus the weights exported as `tokenizer.safetensors` (what load_tokenizer
-reads).
+layout-free (loong_dist/train/checkpoints.py: a run resumes on any number of ranks and ZeRO stage)
+plus the weights exported as `tokenizer.safetensors` (what load_tokenizer reads).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +38,7 @@ from loong_dist.io.video import write_gif
 from loong_dist.models.tokenizer import VideoTokenizer, save_tokenizer
 from loong_dist.parallel.engine import build_engine, load_checkpoint_file, use_bf16
 from loong_dist.parallel.process_groups import ParallelGroups, dp_mean, first_rank_says
+from loong_dist.train.checkpoints import is_layout_free, read_weights, resume_sampled, sample_layout, write_checkpoint
 from loong_dist.train.checkpoint_mirror import download_tag, fetch_tag, publish_checkpoint, resume_tag
 from loong_dist.train.telemetry import rewind_logs
 
@@ -141,9 +141,12 @@ class TokenizerTrainer:
         return dp_mean(losses, self.groups)  # over the global batch
 
     def save(self) -> None:
+        """Checkpoint `step<N>`, layout-free (loong_dist/train/checkpoints.py): any number of ranks
+        resumes it."""
         tag = f"step{self.step:08d}"
-        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state={"step": self.step, "wall": self.wall},
-                                    save_latest=False)
+        write_checkpoint(self.ckpt_dir / tag, self.engine, self.model, self.groups,
+                         {"step": self.step, "wall": self.wall},
+                         {"step": self.step, **sample_layout(self.cfg, self.groups)}, self.node_main)
         # every checkpoint is kept: average_last reads the last ones back
         publish_checkpoint(self.storage, self.ckpt_dir, self.mirror, tag, 10 ** 9, self.is_main, self.node_main)
         if self.is_main:
@@ -164,8 +167,8 @@ class TokenizerTrainer:
         return model.eval()
 
     def _export_model(self) -> VideoTokenizer:
-        """This checkpoint's weights, or the mean of the last `average_last` checkpoints' (read back
-        from the run's folder: DeepSpeed's model-states file holds the whole module below ZeRO-3)."""
+        """This checkpoint's weights, or the mean of the last `average_last` checkpoints' (their
+        layout-free weights, read back from the run's folder)."""
         n = self.cfg.tokenizer_train.average_last
         if n == 1:
             return self._fp32_model()
@@ -177,8 +180,10 @@ class TokenizerTrainer:
         saved = sorted(d for d in self.ckpt_dir.glob("step*")
                        if d.name[4:].isdigit() and int(d.name[4:]) <= self.step)[-n:]
         total: dict[str, torch.Tensor] = {}
-        for d in saved:
-            for k, v in load_checkpoint_file(str(d / "mp_rank_00_model_states.pt"), "cpu")["module"].items():
+        for d in saved:  # a layout-free checkpoint, or DeepSpeed's model-states file of an older run
+            state = (read_weights(d) if is_layout_free(d) else
+                     load_checkpoint_file(str(d / "mp_rank_00_model_states.pt"), "cpu")["module"])
+            for k, v in state.items():
                 total[k] = total.get(k, 0) + v.double()
         model = VideoTokenizer(self.cfg.tokenizer)
         model.load_state_dict({k: (v / len(saved)).float() for k, v in total.items()})
@@ -192,8 +197,9 @@ class TokenizerTrainer:
         if tag is None:
             return False
         fetch_tag(self.storage, self.ckpt_dir, self.mirror, tag, self.node_main)
-        path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
-        if path is None:
+        path = self.ckpt_dir / tag
+        client = resume_sampled(path, self.engine, self.model, self.groups, sample_layout(self.cfg, self.groups))
+        if client is None:
             return False
         self.step, self.wall = int(client["step"]), float(client["wall"])
         log.info("resumed from %s at step %d (%.0f s trained)", path, self.step, self.wall)

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint import CheckpointException
 
 from loong_dist.config import Config, GenerateConfig
 from loong_dist.data.loader import TokenLoader
@@ -50,9 +48,11 @@ from loong_dist.models.ar.checkpoint import load_model, read_model_meta, save_mo
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
 from loong_dist.models.ar.sizes import flops_per_token
 from loong_dist.models.losses import combine, frame_groups, frame_sums, group_counts, group_sums
-from loong_dist.parallel.engine import build_engine, build_model, load_checkpoint_file
-from loong_dist.parallel.layout_free import adam_step, read_state, unsharded_master, write_state
+from loong_dist.parallel.engine import build_engine, build_model
+from loong_dist.parallel.layout_free import read_state, unsharded_master
 from loong_dist.parallel.process_groups import ParallelGroups
+from loong_dist.train.checkpoints import (is_layout_free, read_checkpoint, read_client, read_meta,
+                                          write_checkpoint)
 from loong_dist.train.checkpoint_mirror import download_latest, fetch_tag, publish_checkpoint, resume_tag
 from loong_dist.train.telemetry import plot_frame_losses, rewind_logs
 
@@ -144,25 +144,6 @@ def full_state_dict(engine, model: torch.nn.Module, groups: ParallelGroups) -> d
                 t = gather_weight(module, t, groups)
             out[key] = t.cpu().clone()
     return out
-
-
-META = "meta.json"
-"""A checkpoint's description: step, the layout that wrote it, its global batch."""
-
-
-def _first_failure(e: CheckpointException) -> str:
-    """The first rank's cause of a failed DCP write, as a short text."""
-    failures = getattr(e, "failures", {}) or {}
-    for rank in sorted(failures):
-        cause = failures[rank]
-        cause = getattr(cause, "exc", cause)  # DCP wraps each rank's exception
-        return f"rank {rank}: {getattr(cause, 'strerror', None) or cause}"
-    return str(e)
-
-
-class CheckpointWriteError(UserError):
-    """A checkpoint could not be written (disk full, quota, a lost mount): one line, the last good
-    checkpoint stays the one `latest` names."""
 
 
 class Trainer:
@@ -290,10 +271,10 @@ class Trainer:
             raise ConfigError(f"config: train.init_optimizer=true needs train.init_from to be a run folder with "
                               f"checkpoints; {join(run, 'checkpoints', 'latest')} does not exist")
         folder = ckpt / (ckpt / "latest").read_text().strip()
-        if not (folder / META).exists():  # DeepSpeed's own files (runs of loong-dist before layout-free checkpoints)
+        if not is_layout_free(folder):  # DeepSpeed's own files (runs of loong-dist before layout-free checkpoints)
             self.engine.load_checkpoint(str(ckpt), load_optimizer_states=True, load_lr_scheduler_states=False)
             return
-        read_state(folder, self.engine, self.model, self.groups, self._client(folder)["adam_step"])
+        read_state(folder, self.engine, self.model, self.groups, read_client(folder)["adam_step"])
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -310,34 +291,15 @@ class Trainer:
         return {"tokens": t.token_budget * self.groups.dp_size * self.cfg.optim.grad_accum_steps, "fixed": False}
 
     def save(self) -> None:
-        """Checkpoint `step<N>`: the layout-free weights and Adam moments (written sharded by every
-        rank, loong_dist/parallel/layout_free.py), each rank's client state (step, loader position,
-        RNG streams, scheduler), and meta.json (layout, global batch). `latest` moves only after
-        every rank finished its files, in one rename."""
+        """Checkpoint `step<N>` (loong_dist/train/checkpoints.py): the layout-free weights and Adam
+        moments written sharded by every rank, each rank's client state (step, loader position, RNG
+        streams, the optimizer's scheduler), and meta.json (layout, global batch). `latest` moves
+        only after every rank finished its files, in one rename."""
         tag = f"step{self.step:08d}"
-        folder = self.ckpt_dir / tag
-        rank = dist.get_rank() if dist.is_initialized() else 0
         client = {"step": self.step, "loader": self.loader.state_dict(), "rng": rng_state(),
-                  "layout": dataclasses.asdict(self.layout), "adam_step": adam_step(self.engine),
-                  "scheduler": self.engine.lr_scheduler.state_dict() if self.engine.lr_scheduler else None,
-                  "lr": [g["lr"] for g in self.engine.optimizer.param_groups]}  # the next step's, set by the scheduler
-        try:
-            if self.node_main and folder.exists():  # a torn save of this step, from a killed run
-                shutil.rmtree(folder)
-            self._barrier()
-            write_state(folder, self.engine, self.model, self.groups)
-            torch.save(client, folder / f"client_rank{rank:05d}.pt")
-            if self.is_main:
-                meta = {"step": self.step, "parallel": self.parallel_layout(), "global_batch": self.global_batch(),
-                        "format": "layout-free/dcp"}
-                (folder / META).write_text(json.dumps(meta, indent=1) + "\n")
-        except (OSError, CheckpointException) as e:  # disk full, quota, a vanished mount
-            latest = self.ckpt_dir / "latest"
-            kept = latest.read_text().strip() if latest.exists() else None
-            why = e.strerror if isinstance(e, OSError) and e.strerror else _first_failure(e)
-            still = (f"{latest} still names {kept}, which a restart resumes from" if kept
-                     else "no checkpoint was kept yet")
-            raise CheckpointWriteError(f"checkpoint {tag}: writing {folder} failed ({why}); {still}") from None
+                  "layout": dataclasses.asdict(self.layout)}
+        meta = {"step": self.step, "parallel": self.parallel_layout(), "global_batch": self.global_batch()}
+        write_checkpoint(self.ckpt_dir / tag, self.engine, self.model, self.groups, client, meta, self.node_main)
         if self.is_main:  # before `latest` moves: a run resumed from this tag on a new node continues these metrics
             self._publish_telemetry()
         publish_checkpoint(self.storage, self.ckpt_dir, self.mirror, tag, self.cfg.train.keep_checkpoints,
@@ -354,12 +316,6 @@ class Trainer:
     def _barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier()
-
-    def _client(self, folder: Path) -> dict:
-        """This rank's client state of a checkpoint (rank 0's where the writing layout had fewer ranks)."""
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        path = folder / f"client_rank{rank:05d}.pt"
-        return load_checkpoint_file(str(path if path.exists() else folder / "client_rank00000.pt"))
 
     def _check_resume(self, tag: str, meta: dict) -> None:
         """Log what a resume on another layout changes; refuse a changed global batch."""
@@ -390,19 +346,13 @@ class Trainer:
         if fetch_tag(self.storage, self.ckpt_dir, self.mirror, tag, self.node_main):
             log.info("checkpoint %s downloaded from %s", tag, self.mirror)
         folder = self.ckpt_dir / tag
-        if not (folder / META).exists():  # DeepSpeed's own files: resumable on the layout that wrote them
+        if not is_layout_free(folder):  # DeepSpeed's own files: resumable on the layout that wrote them
             path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
             if path is None:
                 return False
         else:
-            self._check_resume(tag, json.loads((folder / META).read_text()))
-            client = self._client(folder)
-            read_state(folder, self.engine, self.model, self.groups, client["adam_step"])
-            if client.get("scheduler") is not None and self.engine.lr_scheduler is not None:
-                self.engine.lr_scheduler.load_state_dict(client["scheduler"])
-            for group, lr in zip(self.engine.optimizer.param_groups, client["lr"]):
-                group["lr"] = lr
-            self.engine.global_steps = int(client["step"])
+            self._check_resume(tag, read_meta(folder))
+            client = read_checkpoint(folder, self.engine, self.model, self.groups)
             path = folder
         self.step = int(client["step"])
         self.loader.load_state_dict(client["loader"])

@@ -20,8 +20,9 @@ are upscaled from both inputs with the uint8 API and scored against bicubic
 (loong_dist/evaluation/upscaler_quality.py); the numbers go to TensorBoard and to `eval.jsonl`
 (with wall time; drawn as `psnr_curve.png`), and `previews/preview_<step>.gif` shows centre crops,
 bicubic | ours | original. Each step's loss (the global batch's mean) goes to `metrics.jsonl`.
-Checkpoints: DeepSpeed's (resume) plus the weights exported as `upscaler.safetensors` (what
-load_upscaler reads).
+Checkpoints: layout-free (loong_dist/train/checkpoints.py: a run resumes on any number of ranks
+and ZeRO stage; the fitted linear base is a buffer they hold) plus the weights exported as
+`upscaler.safetensors` (what load_upscaler reads).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from loong_dist.models.tokenizer import load_tokenizer
 from loong_dist.models.upscaler import VideoUpscaler, save_upscaler
 from loong_dist.parallel.engine import build_engine, use_bf16
 from loong_dist.parallel.process_groups import ParallelGroups, dp_mean, first_rank_says
+from loong_dist.train.checkpoints import resume_sampled, sample_layout, write_checkpoint
 from loong_dist.train.checkpoint_mirror import fetch_tag, publish_checkpoint, resume_tag
 from loong_dist.train.telemetry import rewind_logs
 
@@ -197,9 +199,12 @@ class UpscalerTrainer:
         return {**dp_mean({"loss": total}, self.groups), "lr": self.engine.get_lr()[0]}
 
     def save(self) -> None:
+        """Checkpoint `step<N>`, layout-free (loong_dist/train/checkpoints.py): any number of ranks
+        resumes it."""
         tag = f"step{self.step:08d}"
-        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state={"step": self.step, "wall": self.wall},
-                                    save_latest=False)
+        write_checkpoint(self.ckpt_dir / tag, self.engine, self.model, self.groups,
+                         {"step": self.step, "wall": self.wall},
+                         {"step": self.step, **sample_layout(self.cfg, self.groups)}, self.node_main)
         publish_checkpoint(self.storage, self.ckpt_dir, self.mirror, tag, self.cfg.upscaler_train.keep_checkpoints,
                            self.is_main, self.node_main)
         if self.is_main:
@@ -229,8 +234,9 @@ class UpscalerTrainer:
         if tag is None:
             return False
         fetch_tag(self.storage, self.ckpt_dir, self.mirror, tag, self.node_main)
-        path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
-        if path is None:
+        path = self.ckpt_dir / tag
+        client = resume_sampled(path, self.engine, self.model, self.groups, sample_layout(self.cfg, self.groups))
+        if client is None:
             return False
         self.step, self.wall = int(client["step"]), float(client["wall"])
         log.info("resumed from %s at step %d (%.0f s trained)", path, self.step, self.wall)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from loong_dist.models.tokenizer import load_tokenizer
-from loong_dist.parallel.engine import load_checkpoint_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["tokenizer.channels=8", "tokenizer.decoder_res_blocks=1", "tokenizer.num_res_blocks=1", "data.size=64",
@@ -33,6 +33,12 @@ def synthetic(tmp_path_factory):
     return out / "manifest.jsonl"
 
 
+def _dcp_weights(folder: Path, scratch: Path) -> dict:
+    """A layout-free checkpoint's weights, read by torch's own DCP converter."""
+    dcp_to_torch_save(folder, scratch)
+    return {k[len("model."):]: v for k, v in torch.load(scratch).items() if k.startswith("model.")}
+
+
 def test_train_resume_and_evaluate(tmp_path, synthetic):
     run = tmp_path / "tok"
     common = ["--config", "configs/tokenizer/cpu.yaml", "--out", str(run), "--manifest", str(synthetic),
@@ -49,8 +55,7 @@ def test_train_resume_and_evaluate(tmp_path, synthetic):
     assert "resumed from" in again.stderr and "at step 4" in again.stderr
     assert [json.loads(line)["step"] for line in (run / "eval.jsonl").read_text().splitlines()][-1] == 6
     # the export is the mean of the step-4 and step-6 checkpoints' weights, across the resume
-    states = {s: load_checkpoint_file(str(run / "checkpoints" / f"step{s:08d}" / "mp_rank_00_model_states.pt"))
-              ["module"] for s in (2, 4, 6)}
+    states = {s: _dcp_weights(run / "checkpoints" / f"step{s:08d}", tmp_path / f"{s}.pt") for s in (2, 4, 6)}
     assert not torch.equal(states[4]["decoder.conv_out.conv.weight"], states[6]["decoder.conv_out.conv.weight"])
 
     def assert_mean_of(steps):
@@ -81,21 +86,35 @@ def test_two_ranks_train_as_one_rank_accumulating_the_same_global_batch(tmp_path
     batch (each micro-batch draws by its place in it, not by its rank alone), so the same losses,
     logged as the global batch's means, at every step. Step 3's loss is that of step 2's update (the
     first step runs at lr 0). Losses, not weights: a bias under a norm has no gradient but rounding
-    noise, which Adam scales to full steps in both runs alike."""
+    noise, which Adam scales to full steps in both runs alike. A third run changes layout: one rank
+    (ZeRO-1 over one rank) stops after step 1 and two ranks continue its checkpoint, with the
+    two-rank run's losses."""
     common = ["--config", "configs/tokenizer/cpu.yaml", "--manifest", str(synthetic), *TINY, "optim.steps=3",
               "tokenizer_train.eval_manifest=", "parallel.precision=fp32"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+
+    def two_ranks(out, log) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "jobs.train_tokenizer", *common, "--out", str(out),
+                                 "--nproc", "2"], cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, stdout=log,
+                                stderr=subprocess.STDOUT)
+
     with open(tmp_path / "two.log", "w") as log:  # a file, not a pipe that nobody reads while "one" runs
-        two = subprocess.Popen([sys.executable, "-m", "jobs.train_tokenizer", *common, "--out", str(tmp_path / "two"),
-                                "--nproc", "2"], cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, stdout=log,
-                               stderr=subprocess.STDOUT)
+        two = two_ranks(tmp_path / "two", log)
         _run("jobs.train_tokenizer", *common, "--out", str(tmp_path / "one"), "optim.grad_accum_steps=2")
+        stopped = _run("jobs.train_tokenizer", *common, "--out", str(tmp_path / "moved"), "optim.grad_accum_steps=2",
+                       "--max-minutes", "0")
+        assert "time limit reached at step 1" in stopped.stderr
         assert two.wait() == 0, (tmp_path / "two.log").read_text()[-3000:]
+    with open(tmp_path / "moved.log", "w") as log:
+        assert two_ranks(tmp_path / "moved", log).wait() == 0, (tmp_path / "moved.log").read_text()[-3000:]
+    moved_log = (tmp_path / "moved.log").read_text()
+    assert "written on 1 rank(s) at ZeRO-1, resumed on 2 at ZeRO-1" in moved_log and "at step 1" in moved_log
     rows = {k: [json.loads(line) for line in (tmp_path / k / "metrics.jsonl").read_text().splitlines()]
-            for k in ("one", "two")}
-    assert [r["step"] for r in rows["two"]] == [1, 2, 3]
+            for k in ("one", "two", "moved")}
+    assert [r["step"] for r in rows["two"]] == [1, 2, 3] and [r["step"] for r in rows["moved"]] == [1, 2, 3]
     for key in ("loss", "l1", "l2"):
-        assert [r[key] for r in rows["two"]] == pytest.approx([r[key] for r in rows["one"]], rel=1e-6), key
+        assert [r[key] for r in rows["one"]] == pytest.approx([r[key] for r in rows["two"]], rel=1e-6), key
+        assert [r[key] for r in rows["moved"]] == pytest.approx([r[key] for r in rows["two"]], rel=1e-6), key
 
 
 def test_train_tokenizer_without_manifest_is_one_line(tmp_path):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
+from jobs import convert_checkpoint
 from loong_dist.config import TokenizerConfig, UpscalerConfig
 from loong_dist.errors import UserError
 from loong_dist.io.video import probe_video, read_clip
@@ -110,24 +111,41 @@ def test_two_ranks_train_as_one_rank_accumulating_the_same_global_batch(sample_v
     """Two local ranks of one micro-batch each against one rank accumulating two micro-batches: the
     same global batch, so the same losses (logged as its mean) and the same weights. Rank 1 only
     agrees if it received the linear base that rank 0 fitted and drew the global batch's second
-    micro-batch, as the single rank's second micro-batch does."""
+    micro-batch, as the single rank's second micro-batch does. A third run changes layout and folder:
+    one rank (ZeRO-1 over one rank) stops after step 1, jobs.convert_checkpoint moves its checkpoint
+    into a fresh run folder, and two ranks (ZeRO-1 over two) continue it there - with the fitted
+    base, a buffer, from it - to the two-rank run's loss and weights."""
     common = ["--config", "configs/upscaler/cpu.yaml", "--manifest", str(sample_videos / "train.jsonl"),
               "--tokenizer", str(tokenizer), *TINY, "optim.steps=2", "upscaler_train.save_every=2",
               "upscaler_train.eval_manifest="]  # no held-out evaluation
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
+
+    def two_ranks(out: Path, log) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "jobs.train_upscaler", *common, "--out", str(out), "--nproc",
+                                 "2"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
     with open(tmp_path / "two.log", "w") as log:  # a file, not a pipe that nobody reads while "one" runs
-        two = subprocess.Popen([sys.executable, "-m", "jobs.train_upscaler", *common, "--out", str(tmp_path / "two"),
-                                "--nproc", "2"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        two = two_ranks(tmp_path / "two", log)
         _finish(_start(*common, "--out", str(tmp_path / "one"), "optim.grad_accum_steps=2"))
+        stopped = _finish(_start(*common, "--out", str(tmp_path / "stopped"), "optim.grad_accum_steps=2",
+                                 "--max-minutes", "0"))
+        assert "time limit reached at step 1" in stopped
         assert two.wait() == 0, (tmp_path / "two.log").read_text()[-3000:]
-    rows = {k: _rows(tmp_path / k / "metrics.jsonl") for k in ("one", "two")}
-    assert [r["step"] for r in rows["two"]] == [1, 2]
-    assert [r["loss"] for r in rows["two"]] == pytest.approx([r["loss"] for r in rows["one"]], rel=1e-5)
-    one, two = (load_file(tmp_path / k / "upscaler.safetensors") for k in ("one", "two"))
+    convert_checkpoint.main(["--from", str(tmp_path / "stopped"), "--to", str(tmp_path / "moved")])
+    with open(tmp_path / "moved.log", "w") as log:
+        assert two_ranks(tmp_path / "moved", log).wait() == 0, (tmp_path / "moved.log").read_text()[-3000:]
+    moved_log = (tmp_path / "moved.log").read_text()
+    assert "written on 1 rank(s) at ZeRO-1, resumed on 2 at ZeRO-1" in moved_log and "at step 1" in moved_log
+    rows = {k: _rows(tmp_path / k / "metrics.jsonl") for k in ("one", "two", "moved")}
+    assert [r["step"] for r in rows["two"]] == [1, 2] and [r["step"] for r in rows["moved"]] == [2]
+    assert [r["loss"] for r in rows["one"]] == pytest.approx([r["loss"] for r in rows["two"]], rel=1e-5)
+    assert rows["moved"][0]["loss"] == pytest.approx(rows["two"][1]["loss"], rel=1e-5)
+    one, two, moved = (load_file(tmp_path / k / "upscaler.safetensors") for k in ("one", "two", "moved"))
     assert not torch.allclose(two["base_weight"], bicubic_kernel(4), atol=1e-3)  # fitted, on rank 0 ...
-    for k in one:  # ... and used by rank 1 as well
+    for k in one:  # ... and used by rank 1 as well, and by both ranks of the moved run
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(moved[k], two[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
