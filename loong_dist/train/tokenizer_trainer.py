@@ -172,11 +172,10 @@ class TokenizerTrainer:
         n = self.cfg.tokenizer_train.average_last
         if n == 1:
             return self._fp32_model()
-        if self.mirror:  # a node that joined late holds only the tag it resumed from
+        if self.mirror:  # this node holds its own ranks' shares of a tag, and no tag older than its joining
             tags = {u[len(self.mirror) + 1:].split("/")[0] for u in self.storage.list(self.mirror)} - {"latest"}
             for tag in sorted(t for t in tags if t[4:].isdigit() and int(t[4:]) <= self.step)[-n:]:
-                if not (self.ckpt_dir / tag).is_dir():
-                    download_tag(self.storage, self.mirror, self.ckpt_dir, tag)
+                download_tag(self.storage, self.mirror, self.ckpt_dir, tag)  # the files it lacks
         saved = sorted(d for d in self.ckpt_dir.glob("step*")
                        if d.name[4:].isdigit() and int(d.name[4:]) <= self.step)[-n:]
         total: dict[str, torch.Tensor] = {}
