@@ -138,8 +138,8 @@ def resume_sampled(folder: Path, engine, model: nn.Module, groups: ParallelGroup
         return None if path is None else client
     meta = read_meta(folder)
     if _rank() == 0:
-        (p0, g0), (p1, g1) = (meta["parallel"], meta["global_batch"]["samples"]), (
-            layout["parallel"], layout["global_batch"]["samples"])
+        p0, p1 = meta["parallel"], layout["parallel"]
+        g0, g1 = meta["global_batch"]["samples"], layout["global_batch"]["samples"]
         if p0 != p1:
             log.info("checkpoint %s: written on %d rank(s) at ZeRO-%d, resumed on %d at ZeRO-%d", folder.name,
                      p0["dp"], p0["zero"], p1["dp"], p1["zero"])
