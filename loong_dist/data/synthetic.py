@@ -73,12 +73,16 @@ def backgrounds_for(colour: str) -> list[str]:
 
 
 def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES,
-                      still_share: float | None = None) -> dict[str, Any]:
+                      still_share: float | None = None, start_grid: int | None = None) -> dict[str, Any]:
     """Draw one clip's attributes. The draws do not depend on `num_frames`; a single frame (an
     image) only reports motion "still" and speed None, since no motion can be seen in it.
     `still_share`: the chance that the clip stands still, the four directions sharing the rest
     evenly (None: the five motions alike, 1/5 each, with the draws of a corpus rendered before
-    the option existed)."""
+    the option existed).
+    `start_grid`: the start is snapped down to a multiple of 1 / start_grid of the frame side (16
+    at 128 px: the corner of a cell of the tokenizer's 8-px latent grid); the other draws stay as
+    without it. Every speed is a whole number of pixels a frame at 128 px, so the object stays at
+    the same place within its cells at every latent frame of a moving clip, too."""
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     allowed = backgrounds_for(colour)
@@ -91,6 +95,8 @@ def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES,
         u, moving = float(rng.random()), [m for m in MOTIONS if m != "still"]
         k = len(moving)
         motion = "still" if u < still_share else moving[min(int((u - still_share) / (1 - still_share) * k), k - 1)]
+    if start_grid is not None:
+        start = [float(np.floor(u * start_grid) / start_grid) for u in start]
     if motion == "still" or num_frames == 1:
         motion, speed = "still", None
     return {"shape": shape, "colour": colour, "size": size, "motion": motion, "speed": speed,
@@ -98,10 +104,10 @@ def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES,
 
 
 def attributes_for(index: int, seed: int, num_frames: int = MAX_FRAMES,
-                   still_share: float | None = None) -> dict[str, Any]:
-    """Attributes of clip `index` of the dataset with `seed` (and `still_share`, see
+                   still_share: float | None = None, start_grid: int | None = None) -> dict[str, Any]:
+    """Attributes of clip `index` of the dataset with `seed` (and `still_share`, `start_grid`, see
     `sample_attributes`): the same arguments, the same clip."""
-    return sample_attributes(np.random.default_rng([seed, index]), num_frames, still_share)
+    return sample_attributes(np.random.default_rng([seed, index]), num_frames, still_share, start_grid)
 
 
 APPEARANCE = ("shape", "colour", "size", "background")

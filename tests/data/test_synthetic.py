@@ -9,7 +9,7 @@ from loong_dist.config import TokenizerConfig
 from loong_dist.data.synthetic import (
     ADVERBS, BACKGROUNDS, CHECKED, COLOURS, MAX_FRAMES, MIN_CONTRAST, MOTIONS, SHAPES, SIZES, SPEEDS,
     all_appearances, appearance, attributes_for, backgrounds_for, caption, centre_track, compare_attributes,
-    detect_attributes, held_out_appearances, render_clip, split_for)
+    detect_attributes, held_out_appearances, object_pixels, render_clip, split_for)
 
 
 def _blur(frames: np.ndarray, sigma: float) -> np.ndarray:
@@ -132,6 +132,28 @@ def test_still_share_sets_the_share_of_still_clips_and_leaves_the_rest_alone():
     # the default is the five motions alike, as corpora rendered before the option was drawn
     motions = Counter(attributes_for(i, 5, 17)["motion"] for i in range(n))
     assert all(c / n == pytest.approx(0.2, abs=0.03) for c in motions.values()) and len(motions) == 5
+
+
+def test_start_grid_puts_every_object_at_one_place_within_the_latent_cells():
+    keep = ("shape", "colour", "size", "motion", "speed", "background")
+    for i in range(40):
+        plain, snapped = attributes_for(i, 5, 17, 0.5), attributes_for(i, 5, 17, 0.5, start_grid=16)
+        assert {k: snapped[k] for k in keep} == {k: plain[k] for k in keep}  # only the start moves
+        for k in ("x", "y"):
+            assert snapped[k] * 16 == int(snapped[k] * 16) and 0 <= plain[k] - snapped[k] < 1 / 16, (plain, snapped)
+    # Two snapped clips of one shape and size: frame 0 of one is the other's, moved by whole 8-px cells; and a
+    # moving clip's frames 4 and 8 (the last frame of latent frames 1 and 2) are its frame 0, moved so.
+    ref = dict(attributes_for(0, 5, 17, start_grid=16), shape="triangle", size="small", x=0.0, y=0.0)
+    ref_pixels = object_pixels(ref, 1, 128)[0]
+    for i in range(12):
+        a = dict(attributes_for(i, 6, 17, 0.0, start_grid=16), shape="triangle", size="small")
+        pixels = object_pixels(a, 9, 128)
+        cells = round(a["y"] * 16), round(a["x"] * 16)
+        assert np.array_equal(np.roll(ref_pixels, (8 * cells[0], 8 * cells[1]), axis=(0, 1)), pixels[0]), a
+        step = np.array({"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}[a["motion"]])
+        per_frame = round(SPEEDS[a["speed"]] * 128)
+        for t in (4, 8):
+            assert np.array_equal(np.roll(pixels[0], tuple(step * per_frame * t), axis=(0, 1)), pixels[t]), (a, t)
 
 
 def test_vocabulary_is_covered_and_backgrounds_contrast():
