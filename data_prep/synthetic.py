@@ -6,10 +6,10 @@
 Writes DIR/videos/syn-000000.mp4 ..., DIR/manifest.jsonl (video, caption, split, attributes,
 frames, fps, size, source), DIR/config.yaml and DIR/preview.png (frame strips of the first clips
 under their captions). Clip i has frames[i % len(frames)] frames and the attributes
-`attributes_for(i, run.seed, frames, synthetic.still_share, synthetic.start_grid)`, so the same config gives the same
-clips and the same manifest.
-An mp4 left by an earlier run with the same seed, frames, size, fps, still share and start grid is kept
-(a resume).
+`attributes_for(i, run.seed, frames, synthetic.still_share, synthetic.start_grid, synthetic.start_inside)`,
+so the same config gives the same clips and the same manifest.
+An mp4 left by an earlier run with the same seed, frames, size, fps, still share and start (grid,
+inside) is kept (a resume).
 
 With --prompts N it renders nothing and writes DIR/prompts.jsonl: N captions of held-out
 appearances (`synthetic.held_out`, `synthetic.split_seed`: the same ones a training corpus with
@@ -55,14 +55,15 @@ def _write_clip(task: tuple[str, dict, int, int, float]) -> None:
 
 
 def _same_pixels(config_yaml: Path, cfg) -> bool:
-    """Did the run that wrote `config_yaml` render the same clips (seed, frames, size, fps, still share, start grid)?"""
+    """Did the run that wrote `config_yaml` render the same clips (seed, frames, size, fps, still share, start)?"""
     if not config_yaml.is_file():
         return False
     old = yaml.safe_load(config_yaml.read_text()) or {}
     syn, new = old.get("synthetic", {}), cfg.synthetic
     return (old.get("run", {}).get("seed") == cfg.run.seed and syn.get("frames") == new.frames
             and syn.get("size") == new.size and syn.get("fps") == new.fps
-            and syn.get("still_share") == new.still_share and syn.get("start_grid") == new.start_grid)
+            and syn.get("still_share") == new.still_share and syn.get("start_grid") == new.start_grid
+            and syn.get("start_inside", False) == new.start_inside)
 
 
 def _preview(clips: list[np.ndarray], captions: list[str], size: int) -> Image.Image:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     held = held_out_appearances(syn.held_out, syn.split_seed)
     for i in range(syn.n):
         num_frames = syn.frames[i % len(syn.frames)]
-        attrs = attributes_for(i, seed, num_frames, syn.still_share, syn.start_grid)
+        attrs = attributes_for(i, seed, num_frames, syn.still_share, syn.start_grid, syn.start_inside)
         path = out / "videos" / f"syn-{i:06d}.mp4"
         entries.append(ManifestEntry(str(path), caption(attrs, num_frames), extra={
             "split": split_for(attrs, held), "attributes": attrs, "frames": num_frames,

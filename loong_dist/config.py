@@ -135,6 +135,11 @@ class SyntheticConfig:
     anywhere). 16 at 128 px puts the object at the same place within the tokenizer's 8-px cells in
     every clip, so a shape is drawn by one set of codes per size, not a continuum over sub-cell
     offsets: about half the entropy of an object cell's code given its place."""
+    start_inside: bool = False
+    """Frame 0 shows the whole shape, away from the edges (false: the start is anywhere on the torus,
+    so about half of all first frames show the shape split over two or four edges). A raster-order
+    transformer drawing a split shape must commit to its lower part in the top rows; moving clips
+    still wrap around the edges in their later frames."""
 
     def __post_init__(self):
         _check(self.n >= 1, "synthetic.n", self.n, "must be >= 1")

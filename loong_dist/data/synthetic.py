@@ -56,6 +56,9 @@ motion a caption asks for moves the shape's codes by whole cells, and is a large
 next latent frame's tokens say. (At a quarter and a half cell per latent frame, the first speeds,
 a transformer trained 2,600 steps on 17- and 65-frame clips copied the first frame and ignored
 the motion words.)"""
+START_MARGIN = 1 / 64
+"""Least gap (fraction of the side) between the shape's bounding box and an edge in frame 0 under
+`start_inside`: 2 px at 128 px, past the 1-px anti-aliasing ramp and the triangle's apex."""
 ADVERBS = {"slow": "slowly", "fast": "quickly"}
 MAX_FRAMES = 65
 """Longest training clip of the recipe (65 frames = 17 latent frames); longer ones render too."""
@@ -73,7 +76,8 @@ def backgrounds_for(colour: str) -> list[str]:
 
 
 def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES,
-                      still_share: float | None = None, start_grid: int | None = None) -> dict[str, Any]:
+                      still_share: float | None = None, start_grid: int | None = None,
+                      start_inside: bool = False) -> dict[str, Any]:
     """Draw one clip's attributes. The draws do not depend on `num_frames`; a single frame (an
     image) only reports motion "still" and speed None, since no motion can be seen in it.
     `still_share`: the chance that the clip stands still, the four directions sharing the rest
@@ -82,7 +86,10 @@ def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES,
     `start_grid`: the start is snapped down to a multiple of 1 / start_grid of the frame side (16
     at 128 px: the corner of a cell of the tokenizer's 8-px latent grid); the other draws stay as
     without it. Every speed is a whole number of pixels a frame at 128 px, so the object stays at
-    the same place within its cells at every latent frame of a moving clip, too."""
+    the same place within its cells at every latent frame of a moving clip, too.
+    `start_inside`: frame 0 shows the whole shape, START_MARGIN or more from every edge (the start is
+    drawn from the same random numbers, over the centres that allow it; on the grid with
+    `start_grid`). Later frames of a moving clip still wrap around the edges."""
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     allowed = backgrounds_for(colour)
@@ -95,19 +102,31 @@ def sample_attributes(rng: np.random.Generator, num_frames: int = MAX_FRAMES,
         u, moving = float(rng.random()), [m for m in MOTIONS if m != "still"]
         k = len(moving)
         motion = "still" if u < still_share else moving[min(int((u - still_share) / (1 - still_share) * k), k - 1)]
-    if start_grid is not None:
-        start = [float(np.floor(u * start_grid) / start_grid) for u in start]
+    start = [_place(u, SIZES[size] / 2, start_grid, start_inside) for u in start]
     if motion == "still" or num_frames == 1:
         motion, speed = "still", None
     return {"shape": shape, "colour": colour, "size": size, "motion": motion, "speed": speed,
             "background": background, "x": start[0], "y": start[1]}
 
 
-def attributes_for(index: int, seed: int, num_frames: int = MAX_FRAMES,
-                   still_share: float | None = None, start_grid: int | None = None) -> dict[str, Any]:
-    """Attributes of clip `index` of the dataset with `seed` (and `still_share`, `start_grid`, see
-    `sample_attributes`): the same arguments, the same clip."""
-    return sample_attributes(np.random.default_rng([seed, index]), num_frames, still_share, start_grid)
+def _place(u: float, half: float, grid: int | None, inside: bool) -> float:
+    """A start coordinate from the uniform draw u in [0, 1): anywhere, or with `inside` a centre
+    whose shape (half its side: `half`) keeps START_MARGIN from both edges; with `grid`, on a
+    multiple of 1 / grid (snapped down when anywhere; one of the grid points inside, chosen by u)."""
+    if not inside:
+        return u if grid is None else float(np.floor(u * grid) / grid)
+    lo, hi = half + START_MARGIN, 1.0 - half - START_MARGIN
+    if grid is None:
+        return round(lo + u * (hi - lo), 4)
+    first, last = int(np.ceil(lo * grid - 1e-9)), int(np.floor(hi * grid + 1e-9))
+    return (first + min(int(u * (last - first + 1)), last - first)) / grid
+
+
+def attributes_for(index: int, seed: int, num_frames: int = MAX_FRAMES, still_share: float | None = None,
+                   start_grid: int | None = None, start_inside: bool = False) -> dict[str, Any]:
+    """Attributes of clip `index` of the dataset with `seed` (and `still_share`, `start_grid`,
+    `start_inside`, see `sample_attributes`): the same arguments, the same clip."""
+    return sample_attributes(np.random.default_rng([seed, index]), num_frames, still_share, start_grid, start_inside)
 
 
 APPEARANCE = ("shape", "colour", "size", "background")

@@ -156,6 +156,26 @@ def test_start_grid_puts_every_object_at_one_place_within_the_latent_cells():
             assert np.array_equal(np.roll(pixels[0], tuple(step * per_frame * t), axis=(0, 1)), pixels[t]), (a, t)
 
 
+def test_start_inside_shows_the_whole_shape_in_frame_0_and_draws_the_rest_as_without_it():
+    keep = ("shape", "colour", "size", "motion", "speed", "background")
+    seen = set()
+    for grid in (None, 16):
+        for i in range(300):
+            plain, inside = attributes_for(i, 7, 17, 0.5, grid), attributes_for(i, 7, 17, 0.5, grid, start_inside=True)
+            assert {k: inside[k] for k in keep} == {k: plain[k] for k in keep}
+            if grid:
+                assert all(inside[k] * grid == int(inside[k] * grid) for k in ("x", "y")), inside
+            # the object's pixels in frame 0, found with no wrap: at least 2 px (START_MARGIN) from every edge
+            rows, cols = np.nonzero(object_pixels(inside, 1, 128)[0])
+            assert min(rows.min(), cols.min()) >= 2 and max(rows.max(), cols.max()) <= 125, inside
+            if grid:
+                seen.add((inside["size"], inside["x"]))
+    # on the grid every allowed centre is drawn, the extremes included: from 2/16 to 14/16 for a small shape
+    # (half its side 1.6 cells, and 2 px), 3/16 to 13/16 for a large one (2.7 cells)
+    assert {x for size, x in seen if size == "small"} == {k / 16 for k in range(2, 15)}
+    assert {x for size, x in seen if size == "large"} == {k / 16 for k in range(3, 14)}
+
+
 def test_vocabulary_is_covered_and_backgrounds_contrast():
     attrs = [attributes_for(i, 5, 17) for i in range(600)]
     assert {a["shape"] for a in attrs} == set(SHAPES)

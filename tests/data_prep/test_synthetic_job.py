@@ -79,6 +79,9 @@ def test_rerun_gives_the_same_manifest_and_keeps_clips(tmp_path, capsys):
     assert "5 rendered" in capsys.readouterr().out
     starts = [json.loads(x)["attributes"] for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert all(a[k] * 16 == int(a[k] * 16) for a in starts for k in ("x", "y")), starts
+    _run(out, "--n", "5", "--frames", "1,5", "--size", "48", "synthetic.still_share=1.0", "synthetic.start_grid=16",
+         "synthetic.start_inside=true")
+    assert "5 rendered" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to start a process pool")
