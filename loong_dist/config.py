@@ -134,7 +134,8 @@ class SyntheticConfig:
     """Snap each clip's start position down to a multiple of 1/start_grid of the frame side (null:
     anywhere). 16 at 128 px puts the object at the same place within the tokenizer's 8-px cells in
     every clip, so a shape is drawn by one set of codes per size, not a continuum over sub-cell
-    offsets: about half the entropy of an object cell's code given its place."""
+    offsets: about half the entropy of an object cell's code given its place. With so few distinct
+    pictures the CPU recipe's stage 1 learnt its images by heart (checkpoints/t2v_cpu/MODEL_CARD.md)."""
     start_inside: bool = False
     """Frame 0 shows the whole shape, away from the edges (false: the start is anywhere on the torus,
     so about half of all first frames show the shape split over two or four edges). A raster-order
