@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from loong_dist.cli import job_parser, resolve_config, run_job
-from loong_dist.config import config_yaml
+from loong_dist.config import SyntheticConfig, config_yaml
 from loong_dist.data.manifest import ManifestEntry, write_manifest
 from loong_dist.data.synthetic import (attributes_for, caption, held_out_appearances, held_out_prompts,
                                       render_clip, split_for)
@@ -54,16 +54,19 @@ def _write_clip(task: tuple[str, dict, int, int, float]) -> None:
     write_mp4(path, render_clip(attrs, num_frames, size), fps=fps)
 
 
+PIXEL_KEYS = ("frames", "size", "fps", "still_share", "start_grid", "start_inside")
+"""The synthetic settings that, with run.seed, decide every clip's pixels (n, held_out and split_seed do not)."""
+
+
 def _same_pixels(config_yaml: Path, cfg) -> bool:
-    """Did the run that wrote `config_yaml` render the same clips (seed, frames, size, fps, still share, start)?"""
+    """Did the run that wrote `config_yaml` render the same clips (run.seed and PIXEL_KEYS)? A key that
+    run's config lacks (written before the option existed) had its default."""
     if not config_yaml.is_file():
         return False
     old = yaml.safe_load(config_yaml.read_text()) or {}
-    syn, new = old.get("synthetic", {}), cfg.synthetic
-    return (old.get("run", {}).get("seed") == cfg.run.seed and syn.get("frames") == new.frames
-            and syn.get("size") == new.size and syn.get("fps") == new.fps
-            and syn.get("still_share") == new.still_share and syn.get("start_grid") == new.start_grid
-            and syn.get("start_inside", False) == new.start_inside)
+    syn, new, default = old.get("synthetic", {}), cfg.synthetic, SyntheticConfig()
+    return old.get("run", {}).get("seed") == cfg.run.seed and all(
+        syn.get(k, getattr(default, k)) == getattr(new, k) for k in PIXEL_KEYS)
 
 
 def _preview(clips: list[np.ndarray], captions: list[str], size: int) -> Image.Image:
