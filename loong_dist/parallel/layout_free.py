@@ -4,6 +4,7 @@ any (TP, DP, ZeRO stage) layout, on the same or another number of processes.
 
     write_state(folder, engine, model, groups)          # a collective: every rank writes its share
     read_state(folder, engine, model, groups, step)     # a collective, on any layout; Adam at `step`
+    full_state_dict(engine, model, groups)              # a collective: the single-device fp32 weights
 
 Names and shapes are the single-device model's (TP=1, DP=1):
 
@@ -186,6 +187,39 @@ def unsharded_master(engine, param: nn.Parameter) -> Tensor | None:
     return None if where is None else _in_master(where[0], where[1], param)
 
 
+@torch.no_grad()
+def full_state_dict(engine, model: nn.Module, groups: ParallelGroups) -> dict[str, Tensor]:
+    """The single-device fp32 parameters, from DeepSpeed's fp32 master weights where it keeps them
+    (ZeRO 1-3, bf16): gathered over the data-parallel shards by DeepSpeed, then over the
+    tensor-parallel shards here. A collective: every rank calls it."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    out = {}
+    for name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            key = f"{name}.{pname}" if name else pname
+            t = safe_get_full_fp32_param(param)
+            if t is None:  # no ZeRO: the parameter itself, or its master where bf16 keeps one beside it
+                t = unsharded_master(engine, param)
+            t = (param if t is None else t).detach().float()
+            if pname == "weight" and groups.tp_size > 1:
+                from loong_dist.parallel.tensor_parallel import gather_weight
+                t = gather_weight(module, t, groups)
+            out[key] = t.cpu().clone()
+    return out
+
+
+@torch.no_grad()
+def single_device_state(engine, model: nn.Module, groups: ParallelGroups) -> dict[str, Tensor]:
+    """What a fresh single-device copy of `model` loads: `full_state_dict` and the model's own
+    buffers (ZeRO partitions parameters only; the module's state_dict holds empty stand-ins for
+    them at ZeRO-3). A collective: every rank calls it."""
+    state = full_state_dict(engine, model, groups)
+    for key, value in model.state_dict().items():
+        state.setdefault(key, value.detach().cpu().clone())
+    return state
+
+
 def _full(engine, param: nn.Parameter, kind: str | None) -> Tensor:
     """This TP rank's whole fp32 tensor of `param` (kind None) or of one of its Adam moments. A
     collective over the data-parallel group when ZeRO partitions it."""
@@ -366,4 +400,5 @@ def read_state(folder: Path, engine, model: nn.Module, groups: ParallelGroups, s
             lp.data.copy_(hp.data)
 
 
-__all__ = ["adam_step", "buffers", "entries", "read_state", "stored_shapes", "unsharded_master", "write_state"]
+__all__ = ["adam_step", "buffers", "entries", "full_state_dict", "read_state", "single_device_state", "stored_shapes",
+           "unsharded_master", "write_state"]

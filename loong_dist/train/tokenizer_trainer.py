@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from loong_dist.config import Config, ConfigError
+from loong_dist.config import Config
 from loong_dist.data.clip_bank import build_clip_bank, load_or_build
 from loong_dist.data.manifest import read_manifest
 from loong_dist.data.text_overlay import overlay_text
@@ -37,6 +37,7 @@ from loong_dist.io.storage import Storage
 from loong_dist.io.video import write_gif
 from loong_dist.models.tokenizer import VideoTokenizer, save_tokenizer
 from loong_dist.parallel.engine import build_engine, load_checkpoint_file, use_bf16
+from loong_dist.parallel.layout_free import single_device_state
 from loong_dist.parallel.process_groups import ParallelGroups, dp_mean, first_rank_says
 from loong_dist.train.checkpoints import is_layout_free, read_weights, resume_sampled, sample_layout, write_checkpoint
 from loong_dist.train.checkpoint_mirror import download_tag, fetch_tag, publish_checkpoint, resume_tag
@@ -98,9 +99,6 @@ class TokenizerTrainer:
         # fp32 weights and optimizer in DeepSpeed, convs under bf16 autocast: the tokenizer keeps its
         # quantizer and output in float32 itself, which a bf16-cast module would fight.
         self.bf16 = use_bf16(cfg.parallel, groups.device)
-        if tt.average_last > 1 and cfg.parallel.zero_stage == 3:
-            raise ConfigError(f"config: tokenizer_train.average_last={tt.average_last}: needs whole weights in each "
-                              "checkpoint, which parallel.zero_stage=3 partitions; use stage 0-2 or average_last=1")
         fp32 = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, precision="fp32"))
         self.engine = build_engine(self.model, fp32, groups)
         self.step, self.wall = 0, 0.0
@@ -149,12 +147,15 @@ class TokenizerTrainer:
                          {"step": self.step, **sample_layout(self.cfg, self.groups)}, self.node_main)
         # every checkpoint is kept: average_last reads the last ones back
         publish_checkpoint(self.storage, self.ckpt_dir, self.mirror, tag, 10 ** 9, self.is_main, self.node_main)
-        if self.is_main:
-            self._export()
+        self._export()
 
     def _export(self) -> None:
-        """tokenizer.safetensors and the run's telemetry, published to the run folder."""
-        save_tokenizer(self._export_model(), self.out / "tokenizer.safetensors")
+        """tokenizer.safetensors and the run's telemetry, published to the run folder. Every rank
+        calls it (the weights may be gathered); the first rank writes."""
+        model = self._export_model()
+        if not self.is_main:
+            return
+        save_tokenizer(model, self.out / "tokenizer.safetensors")
         if self.writer is not None:
             self.writer.flush()
         for name in ("tokenizer.safetensors", "metrics.jsonl", "eval.jsonl", "psnr_curve.png", "previews",
@@ -162,16 +163,22 @@ class TokenizerTrainer:
             self.run.publish(name)
 
     def _fp32_model(self) -> VideoTokenizer:
+        """The weights in a fresh single-device float32 model, gathered where ZeRO-3 partitions them. A
+        collective: every rank calls it."""
         model = VideoTokenizer(self.cfg.tokenizer)
-        model.load_state_dict({k: v.float().cpu() for k, v in self.engine.module.state_dict().items()})
+        model.load_state_dict(single_device_state(self.engine, self.model, self.groups))
         return model.eval()
 
-    def _export_model(self) -> VideoTokenizer:
-        """This checkpoint's weights, or the mean of the last `average_last` checkpoints' (their
-        layout-free weights, read back from the run's folder)."""
+    def _export_model(self) -> VideoTokenizer | None:
+        """On the first rank, this checkpoint's weights or the mean of the last `average_last`
+        checkpoints' (their layout-free weights, read back from the run's folder: whole tensors at
+        any ZeRO stage); None on the others. Every rank calls it."""
         n = self.cfg.tokenizer_train.average_last
         if n == 1:
-            return self._fp32_model()
+            model = self._fp32_model()  # a collective
+            return model if self.is_main else None
+        if not self.is_main:
+            return None
         if self.mirror:  # this node holds its own ranks' shares of a tag, and no tag older than its joining
             tags = {u[len(self.mirror) + 1:].split("/")[0] for u in self.storage.list(self.mirror)} - {"latest"}
             for tag in sorted(t for t in tags if t[4:].isdigit() and int(t[4:]) <= self.step)[-n:]:
@@ -205,9 +212,13 @@ class TokenizerTrainer:
         return True
 
     def evaluate(self) -> dict | None:
-        if self.eval_bank is None or not self.is_main:
+        """The held-out scores, on the first rank (None elsewhere). Every rank calls it."""
+        if self.eval_bank is None:
             return None
-        result = evaluate_clips(self._fp32_model(), self.eval_bank)
+        model = self._fp32_model()  # a collective
+        if not self.is_main:
+            return None
+        result = evaluate_clips(model, self.eval_bank)
         recon = result.pop("recon")
         row = {"step": self.step, "wall_s": round(self.wall, 1),
                **{k: v for k, v in result.items() if k != "per_clip"}}
@@ -239,8 +250,9 @@ class TokenizerTrainer:
             rewind_logs(self.run, self.step, ["metrics.jsonl", "eval.jsonl"])
         if self.step == 0:
             self.evaluate()
-        if self.step >= steps and self.is_main:  # a finished run started again: export with this config
+        if self.step >= steps:  # a finished run started again: export with this config
             self._export()
+        if self.step >= steps and self.is_main:
             log.info("nothing left to train (step %d of %d); exported %s again", self.step, steps,
                      self.run.uri_of("tokenizer.safetensors"))
         while self.step < steps:

@@ -49,7 +49,7 @@ from loong_dist.models.ar.layout import IGNORE, VocabLayout
 from loong_dist.models.ar.sizes import flops_per_token
 from loong_dist.models.losses import combine, frame_groups, frame_sums, group_counts, group_sums
 from loong_dist.parallel.engine import build_engine, build_model
-from loong_dist.parallel.layout_free import read_state, unsharded_master
+from loong_dist.parallel.layout_free import full_state_dict, read_state
 from loong_dist.parallel.process_groups import ParallelGroups
 from loong_dist.train.checkpoints import (is_layout_free, read_checkpoint, read_client, read_meta,
                                           write_checkpoint)
@@ -122,28 +122,6 @@ def model_file(init_from: str) -> str:
     if init_from.endswith(".safetensors") or (not is_s3(init_from) and Path(init_from).is_file()):
         return init_from
     return join(init_from, "model.safetensors")
-
-
-@torch.no_grad()
-def full_state_dict(engine, model: torch.nn.Module, groups: ParallelGroups) -> dict[str, torch.Tensor]:
-    """The single-device fp32 state dict, from DeepSpeed's fp32 master weights where it keeps them
-    (ZeRO 1-3, bf16): gathered over the data-parallel shards by DeepSpeed, then over the
-    tensor-parallel shards here. A collective: every rank calls it."""
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    out = {}
-    for name, module in model.named_modules():
-        for pname, param in module.named_parameters(recurse=False):
-            key = f"{name}.{pname}" if name else pname
-            t = safe_get_full_fp32_param(param)
-            if t is None:  # no ZeRO: the parameter itself, or its master where bf16 keeps one beside it
-                t = unsharded_master(engine, param)
-            t = (param if t is None else t).detach().float()
-            if pname == "weight" and groups.tp_size > 1:
-                from loong_dist.parallel.tensor_parallel import gather_weight
-                t = gather_weight(module, t, groups)
-            out[key] = t.cpu().clone()
-    return out
 
 
 class Trainer:

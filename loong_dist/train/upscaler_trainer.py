@@ -48,6 +48,7 @@ from loong_dist.io.video import write_gif
 from loong_dist.models.tokenizer import load_tokenizer
 from loong_dist.models.upscaler import VideoUpscaler, save_upscaler
 from loong_dist.parallel.engine import build_engine, use_bf16
+from loong_dist.parallel.layout_free import single_device_state
 from loong_dist.parallel.process_groups import ParallelGroups, dp_mean, first_rank_says
 from loong_dist.train.checkpoints import resume_sampled, sample_layout, write_checkpoint
 from loong_dist.train.checkpoint_mirror import fetch_tag, publish_checkpoint, resume_tag
@@ -207,13 +208,16 @@ class UpscalerTrainer:
                          {"step": self.step, **sample_layout(self.cfg, self.groups)}, self.node_main)
         publish_checkpoint(self.storage, self.ckpt_dir, self.mirror, tag, self.cfg.upscaler_train.keep_checkpoints,
                            self.is_main, self.node_main)
-        if self.is_main:
-            self._export()
+        self._export()
 
     def _export(self) -> None:
-        """upscaler.safetensors and the run's telemetry, published to the run folder."""
+        """upscaler.safetensors and the run's telemetry, published to the run folder. A collective
+        (the weights are gathered); the first rank writes."""
+        model = self._fp32_model()
+        if not self.is_main:
+            return
         ut = self.cfg.upscaler_train
-        save_upscaler(self._fp32_model(), self.out / "upscaler.safetensors",
+        save_upscaler(model, self.out / "upscaler.safetensors",
                       extra={"step": self.step, "wall_s": round(self.wall, 1), "tokenizer": self.cfg.tokenizer.path,
                              "hr_size": ut.hr_size, "fps": self.cfg.data.fps})
         if self.writer is not None:
@@ -223,8 +227,10 @@ class UpscalerTrainer:
             self.run.publish(name)
 
     def _fp32_model(self) -> VideoUpscaler:
+        """The weights in a fresh single-device float32 model, gathered where ZeRO-3 partitions them. A
+        collective: every rank calls it."""
         model = VideoUpscaler(self.cfg.upscaler)
-        model.load_state_dict({k: v.float().cpu() for k, v in self.engine.module.state_dict().items()})
+        model.load_state_dict(single_device_state(self.engine, self.model, self.groups))
         return model.eval()
 
     def resume(self) -> bool:
@@ -243,9 +249,13 @@ class UpscalerTrainer:
         return True
 
     def evaluate(self) -> dict | None:
-        if not self.eval_pairs or not self.is_main:
+        """The held-out scores, on the first rank (None elsewhere). Every rank calls it."""
+        if not self.eval_pairs:
             return None
-        result = evaluate_pairs(self._fp32_model(), self.eval_pairs, self.cfg.upscaler.chunk_frames)
+        model = self._fp32_model()  # a collective
+        if not self.is_main:
+            return None
+        result = evaluate_pairs(model, self.eval_pairs, self.cfg.upscaler.chunk_frames)
         row = {"step": self.step, "wall_s": round(self.wall, 1)}
         for kind, prefix in (("tokenizer", ""), ("clean", "clean_")):
             for k in EVAL_KEYS:

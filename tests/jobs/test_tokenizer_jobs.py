@@ -88,14 +88,15 @@ def test_two_ranks_train_as_one_rank_accumulating_the_same_global_batch(tmp_path
     first step runs at lr 0). Losses, not weights: a bias under a norm has no gradient but rounding
     noise, which Adam scales to full steps in both runs alike. A third run changes layout: one rank
     (ZeRO-1 over one rank) stops after step 1 and two ranks continue its checkpoint, with the
-    two-rank run's losses."""
+    two-rank run's losses, at ZeRO-3 (its parameters partitioned over the two ranks), evaluating on
+    held-out clips and exporting the mean of its last two checkpoints' weights."""
     common = ["--config", "configs/tokenizer/cpu.yaml", "--manifest", str(synthetic), *TINY, "optim.steps=3",
               "tokenizer_train.eval_manifest=", "parallel.precision=fp32"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
 
-    def two_ranks(out, log) -> subprocess.Popen:
+    def two_ranks(out, log, *extra) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "jobs.train_tokenizer", *common, "--out", str(out),
-                                 "--nproc", "2"], cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, stdout=log,
+                                 "--nproc", "2", *extra], cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, stdout=log,
                                 stderr=subprocess.STDOUT)
 
     with open(tmp_path / "two.log", "w") as log:  # a file, not a pipe that nobody reads while "one" runs
@@ -106,9 +107,16 @@ def test_two_ranks_train_as_one_rank_accumulating_the_same_global_batch(tmp_path
         assert "time limit reached at step 1" in stopped.stderr
         assert two.wait() == 0, (tmp_path / "two.log").read_text()[-3000:]
     with open(tmp_path / "moved.log", "w") as log:
-        assert two_ranks(tmp_path / "moved", log).wait() == 0, (tmp_path / "moved.log").read_text()[-3000:]
+        assert two_ranks(tmp_path / "moved", log, "parallel.zero_stage=3", f"tokenizer_train.eval_manifest={synthetic}",
+                         "tokenizer_train.average_last=2").wait() == 0, (tmp_path / "moved.log").read_text()[-3000:]
     moved_log = (tmp_path / "moved.log").read_text()
-    assert "written on 1 rank(s) at ZeRO-1, resumed on 2 at ZeRO-1" in moved_log and "at step 1" in moved_log
+    assert "written on 1 rank(s) at ZeRO-1, resumed on 2 at ZeRO-3" in moved_log and "at step 1" in moved_log
+    evals = [json.loads(line) for line in (tmp_path / "moved" / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals] == [2] and evals[0]["psnr"] > 0
+    states = [_dcp_weights(tmp_path / "moved" / "checkpoints" / f"step{s:08d}", tmp_path / f"{s}.pt") for s in (2, 3)]
+    for k, v in load_tokenizer(tmp_path / "moved" / "tokenizer.safetensors").state_dict().items():
+        mean = (states[0][k].double() + states[1][k].double()) / 2  # gathered from ZeRO-3's partitions, then averaged
+        torch.testing.assert_close(v, mean.float(), rtol=0, atol=1e-7, msg=lambda m: f"{k}: {m}")
     rows = {k: [json.loads(line) for line in (tmp_path / k / "metrics.jsonl").read_text().splitlines()]
             for k in ("one", "two", "moved")}
     assert [r["step"] for r in rows["two"]] == [1, 2, 3] and [r["step"] for r in rows["moved"]] == [1, 2, 3]

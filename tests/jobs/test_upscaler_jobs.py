@@ -113,17 +113,18 @@ def test_two_ranks_train_as_one_rank_accumulating_the_same_global_batch(sample_v
     agrees if it received the linear base that rank 0 fitted and drew the global batch's second
     micro-batch, as the single rank's second micro-batch does. A third run changes layout and folder:
     one rank (ZeRO-1 over one rank) stops after step 1, jobs.convert_checkpoint moves its checkpoint
-    into a fresh run folder, and two ranks (ZeRO-1 over two) continue it there - with the fitted
-    base, a buffer, from it - to the two-rank run's loss and weights."""
+    into a fresh run folder, and two ranks continue it there - with the fitted base, a buffer, from
+    it - to the two-rank run's loss and weights, at ZeRO-3 (its parameters partitioned over the two
+    ranks), scoring held-out clips as it goes."""
     common = ["--config", "configs/upscaler/cpu.yaml", "--manifest", str(sample_videos / "train.jsonl"),
               "--tokenizer", str(tokenizer), *TINY, "optim.steps=2", "upscaler_train.save_every=2",
               "upscaler_train.eval_manifest="]  # no held-out evaluation
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
 
-    def two_ranks(out: Path, log) -> subprocess.Popen:
+    def two_ranks(out: Path, log, *extra) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "jobs.train_upscaler", *common, "--out", str(out), "--nproc",
-                                 "2"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 "2", *extra], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     with open(tmp_path / "two.log", "w") as log:  # a file, not a pipe that nobody reads while "one" runs
         two = two_ranks(tmp_path / "two", log)
@@ -134,9 +135,13 @@ def test_two_ranks_train_as_one_rank_accumulating_the_same_global_batch(sample_v
         assert two.wait() == 0, (tmp_path / "two.log").read_text()[-3000:]
     convert_checkpoint.main(["--from", str(tmp_path / "stopped"), "--to", str(tmp_path / "moved")])
     with open(tmp_path / "moved.log", "w") as log:
-        assert two_ranks(tmp_path / "moved", log).wait() == 0, (tmp_path / "moved.log").read_text()[-3000:]
+        held_out = f"upscaler_train.eval_manifest={sample_videos / 'held_out.jsonl'}"
+        assert two_ranks(tmp_path / "moved", log, "parallel.zero_stage=3", held_out).wait() == 0, \
+            (tmp_path / "moved.log").read_text()[-3000:]
     moved_log = (tmp_path / "moved.log").read_text()
-    assert "written on 1 rank(s) at ZeRO-1, resumed on 2 at ZeRO-1" in moved_log and "at step 1" in moved_log
+    assert "written on 1 rank(s) at ZeRO-1, resumed on 2 at ZeRO-3" in moved_log and "at step 1" in moved_log
+    evals = _rows(tmp_path / "moved" / "eval.jsonl")
+    assert [r["step"] for r in evals] == [2] and np.isfinite(evals[0]["psnr"])
     rows = {k: _rows(tmp_path / k / "metrics.jsonl") for k in ("one", "two", "moved")}
     assert [r["step"] for r in rows["two"]] == [1, 2] and [r["step"] for r in rows["moved"]] == [2]
     assert [r["loss"] for r in rows["one"]] == pytest.approx([r["loss"] for r in rows["two"]], rel=1e-5)

@@ -282,7 +282,7 @@ def _bf16_state_worker(folder):
     from loong_dist.parallel.engine import build_engine, build_model
     from loong_dist.parallel.layout_free import adam_step, read_state, write_state
     from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
-    from loong_dist.train.trainer import full_state_dict
+    from loong_dist.parallel.layout_free import full_state_dict
 
     groups = init_parallel(tp_size=1, backend="gloo")
     try:
