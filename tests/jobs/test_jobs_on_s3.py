@@ -50,6 +50,11 @@ def test_synthetic_generate_evaluate_and_tokenizer_runs_on_s3(tmp_path, s3_bucke
          "--window-s", "0.5", node=tmp_path / "c")
     ev = json.loads(s3_storage.read_text(f"{s3_bucket}/ev/generation_eval.json"))
     assert len(ev["per_video"]) == 6 and ev["alignment"]["videos"] == 6
+    _run("jobs.evaluate", "compare", "--out", f"{s3_bucket}/cmp", "--run", f"run 1={s3_bucket}/ev/generation_eval.json",
+         "--run", f"run 2={s3_bucket}/ev/generation_eval.json", node=tmp_path / "c")
+    assert {"comparison.json", "comparison.png"} <= set(_keys(s3_storage, f"{s3_bucket}/cmp"))
+    cmp = json.loads(s3_storage.read_text(f"{s3_bucket}/cmp/comparison.json"))
+    assert [r["videos"] for r in cmp["generation"].values()] == [6, 6]  # the same evaluation twice, read from S3
 
     tok = f"{s3_bucket}/tok"
     common = ["--config", "configs/tokenizer/cpu.yaml", "--out", tok, "--manifest", f"{syn}/manifest.jsonl",
