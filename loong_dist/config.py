@@ -734,6 +734,12 @@ class GenerateConfig:
     reencode: bool = True
     """Decode the tail to pixels and encode it again as the start of a fresh clip before it
     conditions the next one (Loong's video-token re-encoding); off: reuse the generated ids."""
+    first_frame_candidates: int = 1
+    """Draw this many first latent frames per prompt and keep the one its caption explains best:
+    the largest log p(frame | caption) - log p(frame | empty caption), the model's own caption
+    classifier (Bayes' rule over the two streams guidance uses; caption dropout trains the empty
+    one). The video goes on from the kept frame. 1: off, one draw. On t2v_cpu it did not help: the
+    score tells clean renders of the shapes apart, not the model's own draws (its model card)."""
     batch_size: int = 4
     """Prompts generated together (each with its unconditional row when cfg_scale != 1)."""
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
@@ -764,6 +770,8 @@ class GenerateConfig:
         _check(1 <= self.overlap_latent_frames < self.window_latent_frames, "generate.overlap_latent_frames",
                self.overlap_latent_frames, f"must be in [1, window_latent_frames={self.window_latent_frames})")
         _check(self.batch_size >= 1, "generate.batch_size", self.batch_size, "must be >= 1")
+        _check(self.first_frame_candidates >= 1, "generate.first_frame_candidates", self.first_frame_candidates,
+               "must be >= 1 (1: off)")
         _check(self.upscale_videos >= 0, "generate.upscale_videos", self.upscale_videos, "must be >= 0 (0: all)")
         _check(self.strip_frames >= 1, "generate.strip_frames", self.strip_frames, "must be >= 1")
 

@@ -23,6 +23,11 @@ Classifier-free guidance: every prompt row has an unconditional twin with empty 
 (`<s> <bov>` + the same tail); both run in one batch and the guided logits draw one token that
 both rows take. Rows of different text lengths are left-padded and the padding masked.
 
+Best of N first frames (`generate.first_frame_candidates` N > 1): latent frame 0 is drawn N times
+per prompt, each draw is scored teacher-forced by log p(frame | text) - log p(frame | empty text)
+(Bayes' rule turns the two streams into the model's own classifier of the caption given the
+frame), and the first window goes on from the best draw.
+
 Notation: B prompts, R model rows (B, or 2B with guidance), T pixel frames, F latent frames,
 h, w latent height and width, n = h * w tokens per latent frame.
 """
@@ -120,6 +125,23 @@ class VideoGenerator:
             rows += [[self.layout.bos_id, self.layout.bov_id] for _ in texts]
         return rows
 
+    def _prompt(self, prefixes: list[list[int]], tail: Tensor | None) -> tuple[Tensor, Tensor]:
+        """prefixes: R token lists, left-padded to one width; tail: codes (B, o, h, w) or None,
+        appended to every row (row i takes tail i mod B). Returns tokens (R, width + o n) and
+        valid (R, width), False on the padding, both on the model's device."""
+        width = max(len(r) for r in prefixes)
+        prompt = torch.full((len(prefixes), width), self.layout.pad_id, dtype=torch.long)
+        valid = torch.zeros(len(prefixes), width, dtype=torch.bool)
+        for i, r in enumerate(prefixes):  # left padding, masked out as keys
+            prompt[i, width - len(r):] = torch.tensor(r)
+            valid[i, width - len(r):] = True
+        prompt, valid = prompt.to(self.device), valid.to(self.device)
+        if tail is not None:
+            b = tail.shape[0]
+            tail_tokens = self.code_to_token[tail.reshape(b, -1).to(self.device)]  # (B, o*n)
+            prompt = torch.cat([prompt, tail_tokens.repeat(len(prefixes) // b, 1)], dim=1)  # (R, width + o*n)
+        return prompt, valid
+
     @torch.inference_mode()
     def sample_frames(self, prefixes: list[list[int]], tail: Tensor | None, frames: int, generator: torch.Generator,
                       timings: dict[str, float]) -> Tensor:
@@ -129,16 +151,7 @@ class VideoGenerator:
         (B, frames, h, w) int64 on the model's device."""
         b = len(prefixes) // (2 if self.guided else 1)
         rows = [list(p) for p in prefixes]
-        width = max(len(r) for r in rows)
-        prompt = torch.full((len(rows), width), self.layout.pad_id, dtype=torch.long)
-        valid = torch.zeros(len(rows), width, dtype=torch.bool)
-        for i, r in enumerate(rows):  # left padding, masked out as keys
-            prompt[i, width - len(r):] = torch.tensor(r)
-            valid[i, width - len(r):] = True
-        prompt, valid = prompt.to(self.device), valid.to(self.device)
-        if tail is not None:
-            tail_tokens = self.code_to_token[tail.reshape(b, -1).to(self.device)]  # (B, o*n)
-            prompt = torch.cat([prompt, tail_tokens.repeat(len(rows) // b, 1)], dim=1)  # (R, width + o*n)
+        prompt, valid = self._prompt(rows, tail)
         n_new = frames * self.tokens_per_frame
         cache = self.model.new_cache(prompt.shape[1] + n_new - 1, None if bool(valid.all()) else valid)
 
@@ -163,6 +176,34 @@ class VideoGenerator:
         timings["tokens"] = timings.get("tokens", 0) + b * n_new
         timings["kv_cache_mb_max"] = max(timings.get("kv_cache_mb_max", 0.0), cache.bytes() / 2**20)
         return self.index_to_code[out].view(b, frames, self.h, self.w)  # video token index -> code
+
+    @torch.inference_mode()
+    def log_likelihood(self, prefixes: list[list[int]], codes: Tensor) -> Tensor:
+        """log p(codes | prefix) per row, teacher-forced: prefixes R token lists ending in <bov>,
+        codes (R, F, h, w). Each token's probability among the video tokens (the draws' support),
+        at temperature 1. Returns float64 (R,)."""
+        prompt, valid = self._prompt(prefixes, codes)  # (R, width + F n)
+        targets = prompt[:, valid.shape[1]:]  # (R, F n): the codes' tokens
+        cache = self.model.new_cache(prompt.shape[1], None if bool(valid.all()) else valid)
+        logits = self.model(prompt, cache=cache)[:, valid.shape[1] - 1:-1, self.lo:self.hi].float()  # (R, F n, V)
+        picked = logits.gather(-1, (targets - self.lo)[..., None])[..., 0]  # (R, F n)
+        return (picked - torch.logsumexp(logits, dim=-1)).double().sum(-1)  # (R,)
+
+    def first_frames(self, texts: list[list[int]], generator: torch.Generator, timings: dict[str, float]) -> Tensor:
+        """Latent frame 0 of each prompt (B, 1, h, w): the best of `first_frame_candidates` draws by
+        log p(frame | caption) - log p(frame | empty caption) (see GenerateConfig), or one draw."""
+        n = self.cfg.first_frame_candidates
+        if n == 1:
+            return self.sample_frames(self._rows(texts), None, 1, generator, timings)
+        many = [t for t in texts for _ in range(n)]  # each prompt n times in a row
+        drawn = self.sample_frames(self._rows(many), None, 1, generator, timings)  # (B n, 1, h, w)
+        t0 = time.perf_counter()
+        bov, bos = self.layout.bov_id, self.layout.bos_id
+        score = (self.log_likelihood([list(t) + [bov] for t in many], drawn)
+                 - self.log_likelihood([[bos, bov]] * len(many), drawn)).view(len(texts), n)  # (B, n)
+        timings["rerank_s"] = timings.get("rerank_s", 0.0) + time.perf_counter() - t0
+        best = score.argmax(dim=1)  # (B,)
+        return drawn.view(len(texts), n, *drawn.shape[1:])[torch.arange(len(texts)), best.to(drawn.device)]
 
     # ---- tokenizer -----------------------------------------------------------------------
 
@@ -193,7 +234,13 @@ class VideoGenerator:
         prefixes = self._rows(texts)
 
         first = min(cfg.window_latent_frames, 1 + math.ceil((total - 1) / 4))
-        codes = self.sample_frames(prefixes, None, first, generator, timings)  # (B, F, h, w)
+        if cfg.first_frame_candidates == 1:
+            codes = self.sample_frames(prefixes, None, first, generator, timings)  # (B, F, h, w)
+        else:  # the first window goes on from the kept latent frame 0
+            codes = self.first_frames(texts, generator, timings)  # (B, 1, h, w)
+            if first > 1:
+                rest = self.sample_frames(prefixes, codes, first - 1, generator, timings)  # (B, F - 1, h, w)
+                codes = torch.cat([codes, rest], dim=1)
         pieces = [self._decode(codes, timings)]  # uint8 (B, T, H, W, 3) each
         o = cfg.overlap_latent_frames
         recent = pieces[0][:, -pixel_frames(o):]  # the last 1 + 4(o-1) pixel frames so far

@@ -92,7 +92,7 @@ def layout_from_index(index: ShardIndex, vocab_multiple: int, video_codes: int =
 
 
 RECOMMENDED_GENERATION = ("temperature", "top_k", "top_p", "cfg_scale", "window_latent_frames",
-                          "overlap_latent_frames", "reencode")
+                          "overlap_latent_frames", "reencode", "first_frame_candidates")
 """Sampling settings an export carries (the stage config's `generate` section): jobs.generate
 uses them unless told otherwise."""
 

@@ -35,6 +35,14 @@ def parts(tmp_path_factory):
     return _parts(tmp_path_factory.mktemp("m"))
 
 
+def log_likelihood(model, layout, prefix, codes) -> float:
+    """log p(codes | prefix) among the video tokens, one row, full recompute, no padding."""
+    ids = [c + layout.video_offset for c in codes.flatten().tolist()]
+    logits = model(torch.tensor([prefix + ids]))[0, len(prefix) - 1:-1, layout.video_offset:layout.vocab_size]
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    return float(sum(logp[i, c - layout.video_offset] for i, c in enumerate(ids)))
+
+
 def reference(model, layout, tok, cfg: GenerateConfig, texts, seconds, seed):
     """The algorithm of the module docstring, written plainly."""
     g = torch.Generator().manual_seed(seed)
@@ -42,24 +50,37 @@ def reference(model, layout, tok, cfg: GenerateConfig, texts, seconds, seed):
     n = (SIZE // 8) ** 2
     total = round(seconds * FPS)
 
-    def sample_window(tails, frames):  # tails: per prompt a list of video token ids
-        conds = [list(t) + [layout.bov_id] + tl for t, tl in zip(texts, tails)]
+    def sample_window(tails, frames, prompts=texts):  # tails: per prompt a list of video token ids
+        conds = [list(t) + [layout.bov_id] + tl for t, tl in zip(prompts, tails)]
         unconds = [[layout.bos_id, layout.bov_id] + tl for tl in tails]
-        new = [[] for _ in texts]
+        new = [[] for _ in prompts]
         for _ in range(frames * n):
             seqs = conds + (unconds if cfg.cfg_scale != 1 else [])
-            seqs = [s + new[i % len(texts)] for i, s in enumerate(seqs)]
+            seqs = [s + new[i % len(prompts)] for i, s in enumerate(seqs)]
             logits = torch.cat([model(torch.tensor([s]))[:, -1] for s in seqs])  # one row at a time
             if cfg.cfg_scale != 1:
                 logits = split_guided(logits, cfg.cfg_scale)
             code = sample(logits[:, lo:hi], cfg.temperature, cfg.top_k, cfg.top_p, g)
             for i, c in enumerate(code.tolist()):
                 new[i].append(c + lo)
-        return torch.tensor(new).view(len(texts), frames, SIZE // 8, SIZE // 8) - lo
+        return torch.tensor(new).view(len(prompts), frames, SIZE // 8, SIZE // 8) - lo
 
     with torch.no_grad():
         w, o = cfg.window_latent_frames, cfg.overlap_latent_frames
-        codes = sample_window([[] for _ in texts], min(w, 1 + math.ceil((total - 1) / 4)))
+        first = min(w, 1 + math.ceil((total - 1) / 4))
+        k = cfg.first_frame_candidates
+        if k == 1:
+            codes = sample_window([[] for _ in texts], first)
+        else:  # k draws of latent frame 0 per prompt; the one with the largest log p(x | text) - log p(x | "")
+            many = [t for t in texts for _ in range(k)]
+            drawn = sample_window([[] for _ in many], 1, many)  # (B k, 1, 2, 2)
+            score = [log_likelihood(model, layout, list(t) + [layout.bov_id], d)
+                     - log_likelihood(model, layout, [layout.bos_id, layout.bov_id], d) for t, d in zip(many, drawn)]
+            best = [max(range(k), key=lambda j: score[i * k + j]) for i in range(len(texts))]
+            codes = torch.stack([drawn[i * k + j] for i, j in enumerate(best)])  # (B, 1, 2, 2)
+            if first > 1:
+                rest = sample_window([(c.flatten() + lo).tolist() for c in codes], first - 1)
+                codes = torch.cat([codes, rest], dim=1)
         video = tok.decode(codes, bf16=cfg.tokenizer_bf16).numpy()
         while video.shape[1] < total:
             if cfg.reencode:
@@ -73,13 +94,16 @@ def reference(model, layout, tok, cfg: GenerateConfig, texts, seconds, seed):
     return video[:, :total]
 
 
-@pytest.mark.parametrize("reencode,cfg_scale,rope", [(True, 3.0, "1d"), (False, 1.0, "1d"), (True, 3.0, "3d")])
-def test_matches_naive_reference(parts, tmp_path, reencode, cfg_scale, rope):
+@pytest.mark.parametrize("reencode,cfg_scale,rope,candidates", [(True, 3.0, "1d", 1), (False, 1.0, "1d", 1),
+                                                                  (True, 3.0, "3d", 1), (True, 1.0, "1d", 3),
+                                                                  (False, 3.0, "1d", 3)])
+def test_matches_naive_reference(parts, tmp_path, reencode, cfg_scale, rope, candidates):
     """With 3D rotary positions the batched rows (left-padded, guided) and the re-encoded tails
-    place video tokens as the one-row full recompute does."""
+    place video tokens as the one-row full recompute does; with first-frame candidates the
+    batched, padded scoring keeps the draw the one-row scoring keeps."""
     model, layout, tok = parts if rope == "1d" else _parts(tmp_path, rope)
     cfg = GenerateConfig(window_latent_frames=3, overlap_latent_frames=2, reencode=reencode, cfg_scale=cfg_scale,
-                         top_k=20, temperature=1.0, tokenizer_bf16=False)
+                         top_k=20, temperature=1.0, tokenizer_bf16=False, first_frame_candidates=candidates)
     texts = [[2, 17, 40, 99], [2, 250, 8, 31, 5, 77, 12]]  # different lengths: left padding in one batch
     seconds = 26 / FPS  # first window 3 latent = 9 frames, then 5 extensions of 1 latent = 4 frames (last cut to 1)
     gen = VideoGenerator(model, layout, tok, cfg, fps=FPS, size=SIZE)
@@ -89,6 +113,18 @@ def test_matches_naive_reference(parts, tmp_path, reencode, cfg_scale, rope):
     assert result.frames.shape == (2, 26, SIZE, SIZE, 3) and result.frames.dtype == np.uint8
     np.testing.assert_array_equal(result.frames, expected)
     assert result.windows == 6 and seen[-1] == pytest.approx(26 / FPS) and seen == sorted(seen)
+
+
+def test_log_likelihood_of_left_padded_rows_is_the_one_row_recompute(parts):
+    model, layout, tok = parts
+    gen = VideoGenerator(model, layout, tok, GenerateConfig(tokenizer_bf16=False), fps=FPS, size=SIZE)
+    prefixes = [[2, 17, 40, 99, layout.bov_id], [2, 250, 8, 31, 5, 77, 12, layout.bov_id], [2, layout.bov_id]]
+    codes = torch.randint(0, layout.codebook_size, (3, 2, 2, 2), generator=torch.Generator().manual_seed(1))
+    got = gen.log_likelihood(prefixes, codes)
+    with torch.no_grad():
+        want = [log_likelihood(model, layout, p, c) for p, c in zip(prefixes, codes)]
+    assert got.tolist() == pytest.approx(want, rel=1e-5)
+    assert all(w < 0 for w in want)
 
 
 def test_context_and_cache_stay_flat(parts):

@@ -159,7 +159,7 @@ def carried(files):
              "text_tokenizer_sha256": hashlib.sha256(proto).hexdigest(),
              "text_tokenizer_model": base64.b64encode(proto).decode(),
              "generate": {"top_k": 7, "temperature": 0.5, "window_latent_frames": 3, "overlap_latent_frames": 1,
-                          "reencode": False, "cfg_scale": 1.0, "top_p": 1.0}}
+                          "reencode": False, "cfg_scale": 1.0, "top_p": 1.0, "first_frame_candidates": 2}}
     path = files / "carried.safetensors"
     torch.manual_seed(1)
     save_model(Transformer(cfg, layout.padded_vocab_size).state_dict(), cfg, layout, path, extra)
@@ -172,8 +172,8 @@ def test_a_model_file_that_carries_its_settings_needs_no_other_flag(carried, tmp
                  "generate.device=cpu"]) == 0
     report = json.loads((tmp_path / "v.json").read_text())
     g = report["generate"]
-    assert (g["top_k"], g["temperature"], g["window_latent_frames"], g["overlap_latent_frames"], g["reencode"]) == \
-           (7, 0.5, 3, 1, False)
+    assert (g["top_k"], g["temperature"], g["window_latent_frames"], g["overlap_latent_frames"], g["reencode"],
+            g["first_frame_candidates"]) == (7, 0.5, 3, 1, False, 2)
     assert (report["size"], report["fps"], report["text_tokenizer"]) == (32, 8.0, "carried")
     assert probe_video(str(out)).num_frames == 12
     # the user's items win over the carried settings

@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     extra = {"step": 7, "size": 32, "fps": 8.0, "tokenizer_sha256": "ab" * 32, "text_tokenizer_model": "c2VudGVuY2U=",
              "generate": {"temperature": 1.0, "top_k": 100, "top_p": 1.0, "cfg_scale": 1.0, "window_latent_frames": 5,
-                          "overlap_latent_frames": 2, "reencode": True}}
+                          "overlap_latent_frames": 2, "reencode": True, "first_frame_candidates": 1}}
     save_model(Transformer(cfg, layout.padded_vocab_size).state_dict(), cfg, layout, d / "model.safetensors", extra)
     return d / "model.safetensors", extra
 
