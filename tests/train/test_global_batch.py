@@ -80,7 +80,7 @@ def _reference(batches, vocab, mode):
     grads = torch.autograd.grad(loss, params, retain_graph=True)
     old_grads = torch.autograd.grad(old, params)
     names = [k for k, _ in model.named_parameters()]
-    return float(loss), dict(zip(names, grads)), dict(zip(names, old_grads))
+    return float(loss.detach()), dict(zip(names, grads)), dict(zip(names, old_grads))
 
 
 @pytest.mark.parametrize("mode", ["frame_groups", "token_mean"])
