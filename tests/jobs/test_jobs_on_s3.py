@@ -1,6 +1,6 @@
 """Every job with an output folder writes to s3:// when given it, and none writes a local folder
-named `s3:`: synthetic clips, generated videos, their evaluation, and a tokenizer run that a
-second "node" (another scratch disk) resumes from S3."""
+named `s3:`: synthetic clips, generated videos, their evaluation, and tokenizer and upscaler runs
+that a second "node" (another scratch disk) resumes from S3."""
 
 import json
 import os
@@ -11,6 +11,8 @@ from pathlib import Path
 from loong_dist.data.manifest import read_manifest
 from tests.inference.test_generate_job import files  # noqa: F401  (a tiny model, tokenizers)
 from tests.jobs.test_tokenizer_jobs import TINY
+from tests.jobs.test_upscaler_jobs import TINY as TINY_UPSCALER
+from tests.jobs.test_upscaler_jobs import tokenizer  # noqa: F401  (a tiny video tokenizer)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,4 +68,24 @@ def test_synthetic_generate_evaluate_and_tokenizer_runs_on_s3(tmp_path, s3_bucke
     keys = _keys(s3_storage, tok)
     assert {"config.yaml", "tokenizer.safetensors", "checkpoints/latest"} <= set(keys)
     assert s3_storage.read_text(f"{tok}/checkpoints/latest").strip() == "step00000004"
+    assert not list(ROOT.glob("s3:*")) and not list(tmp_path.rglob("s3:*"))
+
+
+def test_upscaler_run_on_s3_resumes_on_a_fresh_node(tmp_path, s3_bucket, s3_storage, sample_videos,
+                                                     tokenizer):  # noqa: F811
+    """Node A trains two steps into an s3:// run folder; node B, whose scratch disk holds nothing of
+    it, builds its own pair banks, fetches the checkpoint and trains on to step 4."""
+    run = f"{s3_bucket}/up"
+    common = ["--config", "configs/upscaler/cpu.yaml", "--out", run, "--manifest", str(sample_videos / "train.jsonl"),
+              "--eval-manifest", str(sample_videos / "held_out.jsonl"), "--tokenizer", str(tokenizer), *TINY_UPSCALER]
+    _run("jobs.train_upscaler", *common, "optim.steps=2", node=tmp_path / "a")
+    again = _run("jobs.train_upscaler", *common, "optim.steps=4", node=tmp_path / "b")  # a fresh node
+    assert "resumed from" in again.stderr and "at step 2" in again.stderr
+    keys = set(_keys(s3_storage, run))
+    assert {"config.yaml", "upscaler.safetensors", "eval.jsonl", "metrics.jsonl", "psnr_curve.png",
+            "checkpoints/latest"} <= keys
+    assert s3_storage.read_text(f"{run}/checkpoints/latest").strip() == "step00000004"
+    rows = [json.loads(line) for line in s3_storage.read_text(f"{run}/metrics.jsonl").splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # node B's rows continue node A's
+    assert [json.loads(line)["step"] for line in s3_storage.read_text(f"{run}/eval.jsonl").splitlines()] == [0, 2, 4]
     assert not list(ROOT.glob("s3:*")) and not list(tmp_path.rglob("s3:*"))
