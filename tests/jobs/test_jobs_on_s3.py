@@ -68,6 +68,9 @@ def test_synthetic_generate_evaluate_and_tokenizer_runs_on_s3(tmp_path, s3_bucke
     keys = _keys(s3_storage, tok)
     assert {"config.yaml", "tokenizer.safetensors", "checkpoints/latest"} <= set(keys)
     assert s3_storage.read_text(f"{tok}/checkpoints/latest").strip() == "step00000004"
+    # a third node exports the mean of the last two checkpoints: the older one it must fetch from S3
+    done = _run("jobs.train_tokenizer", *common, "optim.steps=4", "tokenizer_train.average_last=2", node=tmp_path / "f")
+    assert "nothing left to train" in done.stderr and "mean weights of step00000002, step00000004" in done.stderr
     assert not list(ROOT.glob("s3:*")) and not list(tmp_path.rglob("s3:*"))
 
 
