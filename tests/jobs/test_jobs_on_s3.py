@@ -1,6 +1,7 @@
 """Every job with an output folder writes to s3:// when given it, and none writes a local folder
-named `s3:`: synthetic clips, generated videos, their evaluation, and tokenizer and upscaler runs
-that a second "node" (another scratch disk) resumes from S3."""
+named `s3:`: synthetic clips, generated videos (and 4x copies, by an upscaler read from S3), their
+evaluation, and tokenizer and upscaler runs that a second "node" (another scratch disk) resumes
+from S3."""
 
 import json
 import os
@@ -8,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from loong_dist.config import UpscalerConfig
 from loong_dist.data.manifest import read_manifest
+from loong_dist.models.upscaler import VideoUpscaler, save_upscaler
 from tests.inference.test_generate_job import files  # noqa: F401  (a tiny model, tokenizers)
 from tests.jobs.test_tokenizer_jobs import TINY
 from tests.jobs.test_upscaler_jobs import TINY as TINY_UPSCALER
@@ -39,12 +44,17 @@ def test_synthetic_generate_evaluate_and_tokenizer_runs_on_s3(tmp_path, s3_bucke
     assert not bad and entries[0].video == f"{syn}/videos/syn-000000.mp4"
 
     gen = f"{s3_bucket}/gen/v.mp4"
+    torch.manual_seed(0)
+    save_upscaler(VideoUpscaler(UpscalerConfig(channels=8, blocks=1, hidden_channels=4)), tmp_path / "up.safetensors")
+    s3_storage.upload_file(tmp_path / "up.safetensors", f"{s3_bucket}/up.safetensors")
     _run("jobs.generate", "--checkpoint", str(files / "model.safetensors"),
          "--tokenizer", str(files / "tok.safetensors"), "--text-tokenizer", str(files / "text.model"),
-         "--prompts-file", f"{syn}/manifest.jsonl", "--out", gen,
+         "--prompts-file", f"{syn}/manifest.jsonl", "--out", gen, "--upscaler", f"{s3_bucket}/up.safetensors",
          "--seconds", "1", "data.size=32", "generate.window_latent_frames=3", "generate.overlap_latent_frames=1",
-         "generate.batch_size=6", node=tmp_path / "b")
-    assert {"v.json", "v_000.mp4", "v_005.gif", "v_005.png"} <= set(_keys(s3_storage, f"{s3_bucket}/gen"))
+         "generate.batch_size=6", "generate.upscale_videos=1", node=tmp_path / "b")
+    keys = set(_keys(s3_storage, f"{s3_bucket}/gen"))
+    assert {"v.json", "v_000.mp4", "v_005.gif", "v_005.png", "v_000_x4.mp4", "v_000_x4.png"} <= keys
+    assert "v_001_x4.mp4" not in keys  # generate.upscale_videos=1: the first video only
     report = json.loads(s3_storage.read_text(f"{s3_bucket}/gen/v.json"))
     assert report["videos"][0]["mp4"] == f"{s3_bucket}/gen/v_000.mp4"
 
