@@ -191,10 +191,8 @@ class VideoGenerator:
 
     def first_frames(self, texts: list[list[int]], generator: torch.Generator, timings: dict[str, float]) -> Tensor:
         """Latent frame 0 of each prompt (B, 1, h, w): the best of `first_frame_candidates` draws by
-        log p(frame | caption) - log p(frame | empty caption) (see GenerateConfig), or one draw."""
+        log p(frame | caption) - log p(frame | empty caption) (see GenerateConfig)."""
         n = self.cfg.first_frame_candidates
-        if n == 1:
-            return self.sample_frames(self._rows(texts), None, 1, generator, timings)
         many = [t for t in texts for _ in range(n)]  # each prompt n times in a row
         drawn = self.sample_frames(self._rows(many), None, 1, generator, timings)  # (B n, 1, h, w)
         t0 = time.perf_counter()

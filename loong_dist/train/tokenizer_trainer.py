@@ -252,9 +252,9 @@ class TokenizerTrainer:
             self.evaluate()
         if self.step >= steps:  # a finished run started again: export with this config
             self._export()
-        if self.step >= steps and self.is_main:
-            log.info("nothing left to train (step %d of %d); exported %s again", self.step, steps,
-                     self.run.uri_of("tokenizer.safetensors"))
+            if self.is_main:
+                log.info("nothing left to train (step %d of %d); exported %s again", self.step, steps,
+                         self.run.uri_of("tokenizer.safetensors"))
         while self.step < steps:
             t0 = time.perf_counter()
             losses = self.train_step()
