@@ -417,12 +417,13 @@ class Trainer:
                                    (batch["tokens"] != self.layout.pad_id).sum().double()])
             sums, cnt = frame_sums(per_token, batch["frame"], self.n_frames)
             frames += torch.stack([sums, cnt])
+        lr = float(self.engine.get_lr()[0])  # this step's: step() moves the scheduler to the next one
         self.engine.step()
         totals, frames = self._dp_sum(totals), self._dp_sum(frames)
         loss, plain_loss = float(totals[0]), float(totals[1] / totals[2].clamp(min=1))
         per_frame = [float(s / c) if c > 0 else None for s, c in zip(frames[0].tolist(), frames[1].tolist())]
         self.step += 1
-        return StepStats(self.step, loss, float(self.engine.get_lr()[0]), int(totals[3]), time.perf_counter() - start,
+        return StepStats(self.step, loss, lr, int(totals[3]), time.perf_counter() - start,
                          per_frame, plain_loss)
 
     def _log_metrics(self, stats: StepStats, metrics: Path) -> None:

@@ -195,9 +195,10 @@ class UpscalerTrainer:
             loss = charbonnier(out.float(), y, self.cfg.upscaler_train.charbonnier_eps)
             self.engine.backward(loss / gas, scale_wrt_gas=False)
             total += loss.item() / gas
+        lr = self.engine.get_lr()[0]  # this step's: step() moves the scheduler to the next one
         self.engine.step()
         self.step += 1
-        return {**dp_mean({"loss": total}, self.groups), "lr": self.engine.get_lr()[0]}
+        return {**dp_mean({"loss": total}, self.groups), "lr": lr}
 
     def save(self) -> None:
         """Checkpoint `step<N>`, layout-free (loong_dist/train/checkpoints.py): any number of ranks
