@@ -293,6 +293,13 @@ class ModelConfig:
     the backward pass (0: all at once). Float32 logits over a 64k vocabulary take 256 KiB per token;
     8,192 tokens at once would hold 2 GiB of logits, and as much again for their gradient."""
 
+    code_level_embeddings: bool = False
+    """Each video token's input embedding and output-head row are a free vector plus the sum of one
+    learnt vector per FSQ level of its code (one per dimension: 6 of the 39 levels of 8x8x8x5x5x5), so
+    that codes near on the FSQ grid, and codes seen rarely, share what was learnt about their levels.
+    Exports fold the sums into plain rows (the same function; generation never sees them). Not with
+    tensor parallelism."""
+
     attention: str = "sdpa"
     """Causal self-attention of the training forward. "sdpa": torch's scaled_dot_product_attention
     (flash kernels on CUDA and CPU). "blocked": queries in blocks of `attention_block` positions,

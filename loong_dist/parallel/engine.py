@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from loong_dist.config import Config, ModelConfig, OptimConfig, ParallelConfig
+from loong_dist.errors import ConfigError
 from loong_dist.models.ar.model import LOCAL_SPEC, Transformer
 from loong_dist.parallel.process_groups import ParallelGroups
 from loong_dist.precision import resolve_precision
@@ -66,16 +67,20 @@ def use_bf16(parallel: ParallelConfig, device: torch.device) -> bool:
     return device.type == "cpu" or torch.cuda.is_bf16_supported()
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, groups: ParallelGroups, parallel: ParallelConfig) -> Transformer:
+def build_model(cfg: ModelConfig, vocab_size: int, groups: ParallelGroups, parallel: ParallelConfig,
+                code_levels: torch.Tensor | None = None) -> Transformer:
     """apply_tp (the spec) -> apply_ac (activation checkpointing) -> apply_compile (per block, in
-    place, so parameter names stay); DeepSpeed comes after."""
+    place, so parameter names stay); DeepSpeed comes after. `code_levels`: see Transformer."""
     if groups.tp_size > 1:
+        if cfg.code_level_embeddings:
+            raise ConfigError(f"config: model.code_level_embeddings=true is not supported with tensor parallelism "
+                              f"(parallel.tp={groups.tp_size})")
         from loong_dist.parallel.tensor_parallel import check_tp, megatron_spec
         check_tp(cfg, vocab_size, groups.tp_size)
         spec = megatron_spec(groups)
     else:
         spec = LOCAL_SPEC
-    model = Transformer(cfg, vocab_size, spec)
+    model = Transformer(cfg, vocab_size, spec, code_levels)
     model.checkpoint_activations = parallel.activation_checkpointing
     model = model.to(groups.device)
     if parallel.compile:

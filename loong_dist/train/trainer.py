@@ -149,7 +149,8 @@ class Trainer:
                                                       "text_tokenizer_sha256") if k in index.meta}
         self.text_tokenizer_uri = index.meta.get("text_tokenizer")
         torch.manual_seed(cfg.run.seed)
-        self.model = build_model(cfg.model, self.layout.padded_vocab_size, groups, cfg.parallel)
+        levels = torch.from_numpy(self.layout.code_levels()) if cfg.model.code_level_embeddings else None
+        self.model = build_model(cfg.model, self.layout.padded_vocab_size, groups, cfg.parallel, levels)
         if self.init_file:
             self._init_weights(self.init_file)
         self.engine = build_engine(self.model, cfg, groups)
@@ -224,7 +225,8 @@ class Trainer:
         """Start from the previous stage's exported weights (split into this rank's TP shard)."""
         cfg, layout, extra = read_model_meta(path)
         full, _ = load_model(path)
-        state = full.state_dict()
+        state = full.state_dict()  # an exported file has no code level vectors: theirs start at zero
+        state.update({k: torch.zeros_like(v) for k, v in self.model.state_dict().items() if k.startswith("level_")})
         if self.groups.tp_size > 1:
             from loong_dist.parallel.tensor_parallel import load_sharded
             load_sharded(self.model, state, self.groups)

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from loong_dist.config import ModelConfig
 from loong_dist.errors import UserError
 from loong_dist.models.ar.layout import VocabLayout
-from loong_dist.models.ar.model import Transformer, fuse_qkv
+from loong_dist.models.ar.model import Transformer, fold_code_levels, fuse_qkv
 
 FORMAT = "loong-ar-transformer/1"
 """Written into every file's metadata; a file without it is not a loong-dist model."""
@@ -37,7 +37,11 @@ class ModelFileError(UserError, ValueError):
 def save_model(state_dict: dict[str, torch.Tensor], cfg: ModelConfig, layout: VocabLayout,
                path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write a single-device state dict + model config + layout to `path`, atomically.
-    `extra`: JSON-able facts kept beside them (the step, the run folder, the stage)."""
+    `extra`: JSON-able facts kept beside them (the step, the run folder, the stage). A model trained
+    with code_level_embeddings is written as the same function without them (`fold_code_levels`)."""
+    if cfg.code_level_embeddings:
+        state_dict = fold_code_levels(state_dict, torch.from_numpy(layout.code_levels()))
+        cfg = dataclasses.replace(cfg, code_level_embeddings=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}

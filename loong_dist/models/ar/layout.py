@@ -86,6 +86,21 @@ class VocabLayout:
             return None
         return nearest_codes(np.asarray(self.codes), self.fsq_levels)
 
+    def code_levels(self) -> np.ndarray:
+        """(padded_vocab_size, len(fsq_levels)) int64: for each video token, its code's level on each
+        FSQ dimension, as 1 + an index over all dimensions' levels (dimension d's after those of
+        the dimensions before it); 0 for every other id. `Transformer` adds one learnt vector per
+        entry to a video token's embeddings (model.code_level_embeddings)."""
+        if not self.fsq_levels:
+            raise ValueError("code levels need the layout's fsq_levels (shards written before they were recorded)")
+        levels = np.asarray(self.fsq_levels, dtype=np.int64)
+        basis = np.concatenate([[1], np.cumprod(levels)[:-1]])
+        start = 1 + np.concatenate([[0], np.cumsum(levels)[:-1]])
+        codes = np.asarray(self.codes, dtype=np.int64) if self.codes else np.arange(self.codebook_size)
+        table = np.zeros((self.padded_vocab_size, len(levels)), dtype=np.int64)
+        table[self.video_offset:self.vocab_size] = (codes[:, None] // basis) % levels + start
+        return table
+
     def video_to_tokens(self, codes: np.ndarray) -> np.ndarray:
         codes = np.asarray(codes, dtype=np.int64)
         table = self.code_to_index

@@ -338,7 +338,10 @@ class Transformer(nn.Module):
     With `cache`, tokens continue the cached positions and their keys/values are appended;
     `last_only`: logits (b, 1, v) of the last position alone."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, spec: LayerSpec = LOCAL_SPEC):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, spec: LayerSpec = LOCAL_SPEC,
+                 code_levels: Tensor | None = None):
+        """`code_levels`: the layout's (vocab_size, FSQ dimensions) table (`VocabLayout.code_levels`),
+        needed with cfg.code_level_embeddings."""
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         self.spec = spec
@@ -347,6 +350,13 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, spec) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = spec.lm_head(cfg.dim, vocab_size, init)
+        if cfg.code_level_embeddings:
+            if code_levels is None or code_levels.shape[0] != vocab_size:
+                raise ValueError("model.code_level_embeddings needs the layout's code level table, one row per id")
+            self.register_buffer("code_levels", code_levels.long(), persistent=False)
+            levels = int(code_levels.max())  # entry 0: no level (text, specials, padding)
+            self.level_embed = nn.Parameter(torch.zeros(levels, cfg.dim))
+            self.level_head = nn.Parameter(torch.zeros(levels, cfg.dim))
         cos, sin = self._rope_table()
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -412,6 +422,8 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {start + s} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         cos, sin, q_cos, q_sin = self.rotary(tokens, start, cache)
         x = self.embed(tokens)  # (b, s, h)
+        if self.cfg.code_level_embeddings:
+            x = x + F.embedding(self.code_levels[tokens], _with_zero_row(self.level_embed)).sum(-2)
         for i, block in enumerate(self.blocks):
             if cache is not None:
                 x = block(x, cos, sin, cache, i, q_cos, q_sin)
@@ -425,7 +437,7 @@ class Transformer(nn.Module):
             x = x[:, -1:]  # (b, 1, h)
         h = self.norm(x)  # (b, s, h)
         if targets is None:
-            return self.lm_head(h)  # (b, s, v)
+            return self.logits(h)  # (b, s, v)
         valid = targets != IGNORE
         safe = torch.where(valid, targets, 0)
         chunk = max(1, self.cfg.loss_chunk_tokens // b) if self.cfg.loss_chunk_tokens else s
@@ -438,4 +450,26 @@ class Transformer(nn.Module):
 
     def _token_loss(self, h: Tensor, targets: Tensor) -> Tensor:
         """(b, c, h) hidden states, (b, c) targets -> (b, c) cross-entropy, the logits in float32."""
-        return self.spec.cross_entropy(self.lm_head(h).float(), targets)
+        return self.spec.cross_entropy(self.logits(h).float(), targets)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """The output head: (..., h) normed hidden states -> (..., v) logits."""
+        if not self.cfg.code_level_embeddings:
+            return self.lm_head(h)
+        rows = F.embedding(self.code_levels, _with_zero_row(self.level_head)).sum(1)  # (v, h)
+        return F.linear(h, self.lm_head.weight + rows.to(self.lm_head.weight.dtype))
+
+
+def _with_zero_row(vectors: Tensor) -> Tensor:
+    """(n, h) level vectors -> (n + 1, h), row 0 (entry 0 of a code level table: no level) zero."""
+    return F.pad(vectors, (0, 0, 1, 0))
+
+
+def fold_code_levels(state: dict[str, Tensor], code_levels: Tensor) -> dict[str, Tensor]:
+    """A state dict of a model with code_level_embeddings as one without: each id's embedding and
+    head row plus the sum of its levels' vectors."""
+    state = dict(state)
+    for vectors, rows in (("level_embed", "embed.weight"), ("level_head", "lm_head.weight")):
+        table = _with_zero_row(state.pop(vectors).float())
+        state[rows] = (state[rows].float() + F.embedding(code_levels.long(), table).sum(1)).to(state[rows].dtype)
+    return state

@@ -71,3 +71,23 @@ def test_nearest_codes_on_the_tokenizer_grid_against_brute_force():
         d = ((grid[kept] - grid[code]) ** 2).sum(1)
         assert d[table[code]] == pytest.approx(d.min()), code
     assert (table[kept] == np.arange(len(kept))).all()
+
+
+def test_code_levels_are_the_quantizers_levels():
+    from loong_dist.models.tokenizer.quantizer import FSQ
+    import torch
+
+    levels = (8, 8, 8, 5, 5, 5)
+    codes = (0, 7, 512, 3000, 40000, 63999)
+    layout = VocabLayout(text_vocab_size=20, codebook_size=64000, codes=codes, fsq_levels=levels)
+    table = layout.code_levels()
+    assert table.shape == (layout.padded_vocab_size, 6)
+    assert not table[:layout.video_offset].any() and not table[layout.vocab_size:].any()
+    # The quantizer's own value of each code on each dimension, in [-1, 1], back to a level index.
+    values = FSQ(list(levels)).codes_from_ids(torch.tensor(codes).view(-1, 1, 1, 1))[..., 0, 0, 0]  # (n, d)
+    index = torch.round((values + 1) / 2 * (torch.tensor(levels) - 1)).long().numpy()
+    first = 1 + np.cumsum((0,) + levels[:-1])  # each dimension's levels after the ones before it
+    np.testing.assert_array_equal(table[20:26], index + first)
+    assert table.max() == sum(levels)
+    with pytest.raises(ValueError, match="fsq_levels"):
+        VocabLayout(text_vocab_size=20, codebook_size=64).code_levels()
