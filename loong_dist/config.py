@@ -298,7 +298,7 @@ class ModelConfig:
     learnt vector per FSQ level of its code (one per dimension: 6 of the 39 levels of 8x8x8x5x5x5), so
     that codes near on the FSQ grid, and codes seen rarely, share what was learnt about their levels.
     Exports fold the sums into plain rows (the same function; generation never sees them). Not with
-    tensor parallelism."""
+    tensor parallelism or ZeRO-3."""
 
     attention: str = "sdpa"
     """Causal self-attention of the training forward. "sdpa": torch's scaled_dot_product_attention

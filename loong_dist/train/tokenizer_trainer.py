@@ -5,7 +5,7 @@ Each micro-batch draws `optim.micro_batch_size` clips from the clip bank with a 
 by (seed, step, its index in the global batch: rank x grad_accum_steps + micro-batch) - so a resumed
 run draws the same clips, and so does a run on another layout with the same global batch - draws
 text over a `tokenizer_train.text_overlay` share of them, crops them to `tokenizer_train.crop` and
-flips half (`draw_clips`). Each step's losses (the global batch's means) go to `metrics.jsonl`.
+flips half (`draw_clips`). Each step's losses (the global batch's means) and learning rate go to `metrics.jsonl`.
 Every `eval_every` steps the held-out clips (whole frames) are encoded and decoded with the uint8
 API and scored (PSNR, SSIM, codebook use) against the bilinear 8x reference; the numbers go to
 TensorBoard and to `eval.jsonl` (with wall time: the PSNR against training time, drawn as
@@ -134,9 +134,10 @@ class TokenizerTrainer:
             self.engine.backward(loss / gas, scale_wrt_gas=False)
             for k, v in (("loss", loss), ("l1", l1), ("l2", l2), ("fsq_bound", aux["fsq_bound"])):
                 losses[k] += v.item() / gas
+        lr = self.engine.get_lr()[0]  # this step's: step() moves the scheduler to the next one
         self.engine.step()
         self.step += 1
-        return dp_mean(losses, self.groups)  # over the global batch
+        return {**dp_mean(losses, self.groups), "lr": lr}  # losses over the global batch
 
     def save(self) -> None:
         """Checkpoint `step<N>`, layout-free (loong_dist/train/checkpoints.py): any number of ranks
@@ -266,7 +267,7 @@ class TokenizerTrainer:
                     self.writer.add_scalar(f"train/{k}", v, self.step)
                 if self.step % self.cfg.run.log_every == 0:
                     log.info("step %d/%d loss %.4f (l1 %.4f, l2 %.4f) lr %.2e %.2f s/step", self.step, steps,
-                             losses["loss"], losses["l1"], losses["l2"], self.engine.get_lr()[0],
+                             losses["loss"], losses["l1"], losses["l2"], losses["lr"],
                              self.wall / max(self.step, 1))
             if self.step % tt.eval_every == 0:
                 self.evaluate()

@@ -74,11 +74,13 @@ class StepStats:
 
 
 def layout_from_index(index: ShardIndex, vocab_multiple: int, video_codes: int = 0,
-                      storage: Storage | None = None) -> VocabLayout:
+                      storage: Storage | None = None, code_levels: bool = False) -> VocabLayout:
     """The vocabulary of a new model on these shards: every code of the codebook, or with
-    `video_codes` N > 0 the N most frequent ones (code_counts.json; ties to the lower id)."""
+    `video_codes` N > 0 the N most frequent ones (code_counts.json; ties to the lower id). The FSQ
+    levels are recorded with kept codes or `code_levels` (model.code_level_embeddings)."""
     meta = index.meta
-    for key in ("codebook_size", "text_vocab_size") + (("fsq_levels",) if video_codes else ()):
+    levels = bool(video_codes or code_levels)
+    for key in ("codebook_size", "text_vocab_size") + (("fsq_levels",) if levels else ()):
         if key not in meta:
             raise ShardError(f"{index.folder}/index.json: meta has no '{key}'")
     codes: tuple[int, ...] = ()
@@ -88,7 +90,7 @@ def layout_from_index(index: ShardIndex, vocab_multiple: int, video_codes: int =
         codes = tuple(sorted(int(c) for c in order if counts[c] > 0))
     return VocabLayout(text_vocab_size=int(meta["text_vocab_size"]), codebook_size=int(meta["codebook_size"]),
                        vocab_multiple=vocab_multiple, codes=codes,
-                       fsq_levels=tuple(meta.get("fsq_levels", ())) if codes else ())
+                       fsq_levels=tuple(meta.get("fsq_levels", ())) if levels else ())
 
 
 RECOMMENDED_GENERATION = ("temperature", "top_k", "top_p", "cfg_scale", "window_latent_frames",
@@ -143,13 +145,19 @@ class Trainer:
         if self.init_file:  # a later stage keeps the vocabulary its weights were trained with
             self.layout = self._inherited_layout(self.init_file, index)
         else:
-            self.layout = layout_from_index(index, cfg.model.vocab_multiple, cfg.model.video_codes, self.storage)
+            self.layout = layout_from_index(index, cfg.model.vocab_multiple, cfg.model.video_codes, self.storage,
+                                            cfg.model.code_level_embeddings)
         # Recorded in the export, so that generation finds and checks the tokenizers the shards came from.
         self.data_meta = {k: index.meta[k] for k in ("size", "fps", "tokenizer", "tokenizer_sha256",
                                                       "text_tokenizer_sha256") if k in index.meta}
         self.text_tokenizer_uri = index.meta.get("text_tokenizer")
         torch.manual_seed(cfg.run.seed)
-        levels = torch.from_numpy(self.layout.code_levels()) if cfg.model.code_level_embeddings else None
+        levels = None
+        if cfg.model.code_level_embeddings:
+            if not self.layout.fsq_levels:  # a stage started from a model whose layout did not record them
+                raise ConfigError(f"config: model.code_level_embeddings=true needs the FSQ levels in the vocabulary "
+                                  f"layout; train.init_from={cfg.train.init_from!r} has none")
+            levels = torch.from_numpy(self.layout.code_levels())
         self.model = build_model(cfg.model, self.layout.padded_vocab_size, groups, cfg.parallel, levels)
         if self.init_file:
             self._init_weights(self.init_file)

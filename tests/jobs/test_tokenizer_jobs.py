@@ -120,7 +120,7 @@ def test_two_ranks_train_as_one_rank_accumulating_the_same_global_batch(tmp_path
     rows = {k: [json.loads(line) for line in (tmp_path / k / "metrics.jsonl").read_text().splitlines()]
             for k in ("one", "two", "moved")}
     assert [r["step"] for r in rows["two"]] == [1, 2, 3] and [r["step"] for r in rows["moved"]] == [1, 2, 3]
-    for key in ("loss", "l1", "l2"):
+    for key in ("loss", "l1", "l2", "lr"):  # the resumed run's schedule goes on where it stopped
         assert [r[key] for r in rows["one"]] == pytest.approx([r[key] for r in rows["two"]], rel=1e-6), key
         assert [r[key] for r in rows["moved"]] == pytest.approx([r[key] for r in rows["two"]], rel=1e-6), key
 
