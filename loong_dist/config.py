@@ -297,8 +297,8 @@ class ModelConfig:
     """Each video token's input embedding and output-head row are a free vector plus the sum of one
     learnt vector per FSQ level of its code (one per dimension: 6 of the 39 levels of 8x8x8x5x5x5), so
     that codes near on the FSQ grid, and codes seen rarely, share what was learnt about their levels.
-    Exports fold the sums into plain rows (the same function; generation never sees them). Not with
-    tensor parallelism or ZeRO-3."""
+    Exports fold the sums into plain rows (the same function; generation never sees them). Any
+    tensor-parallel degree and ZeRO stage."""
 
     attention: str = "sdpa"
     """Causal self-attention of the training forward. "sdpa": torch's scaled_dot_product_attention

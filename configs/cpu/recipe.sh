@@ -5,6 +5,8 @@
 # (rendered clips and complete shards are kept, training resumes from checkpoints/latest). A step
 # that finished writes RUN_DIR/<step>.done and is skipped next time. Keep RUN_DIR outside the work
 # tree (e.g. ~/.cache/loong/runs/t2v_cpu): it grows to ~10 GB of clips, shards and checkpoints.
+# RECIPE_SET="section.key=value ..." is appended to every job's command line: a variant of the
+# recipe in its own RUN_DIR (e.g. RECIPE_SET="synthetic.start_inside=true model.code_level_embeddings=true").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ $# -ge 1 ] || { echo "usage: $0 RUN_DIR [data|shards|stage1|stage2|stage3 ...]" >&2; exit 2; }
@@ -16,6 +18,7 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions
 export LOONG_CACHE_DIR=${LOONG_CACHE_DIR:-$PWD/.cache/loong} RAY_USAGE_STATS_ENABLED=0
 export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824  # as the Makefile (loong_dist/cli.py)
 CFG=configs/cpu/loong.yaml  # synthetic.held_out: the appearances no step below ever trains on
+read -r -a SET <<< "${RECIPE_SET:-}"
 
 # Corpora: one per clip length, each rendered with its own seed (no clip repeats another).
 # - images: enough that stage 1 shows each about once and a half (8,000 shown 7.5 times each
@@ -30,29 +33,29 @@ clips65 65 2400 23 0.5"
 step_data() {
   while read -r name frames n seed still; do
     $PY -m data_prep.synthetic --config $CFG --n "$n" --frames "$frames" --size 128 --seed "$seed" \
-      --out "$R/data/$name" synthetic.still_share="$still"
+      --out "$R/data/$name" synthetic.still_share="$still" "${SET[@]}"
   done <<< "$CORPORA"
   $PY -m data_prep.text_tokenizer --config $CFG --manifest "$R/data/images/manifest.jsonl" \
-    --out "$R/data/text/text.model"
+    --out "$R/data/text/text.model" "${SET[@]}"
 }
 
 step_shards() {
   while read -r name frames n seed still; do
     $PY -m data_prep.pretokenize --config $CFG --manifest "$R/data/$name/manifest.jsonl" \
       --tokenizer checkpoints/tokenizer_cpu/tokenizer.safetensors --text-tokenizer "$R/data/text/text.model" \
-      --frames "$frames" --size 128 --out "$R/shards/$name" pretokenize.progress=false
+      --frames "$frames" --size 128 --out "$R/shards/$name" pretokenize.progress=false "${SET[@]}"
   done <<< "$CORPORA"
 }
 
 SHARDS="$R/shards/images,$R/shards/clips17,$R/shards/clips65"
-step_stage1() { $PY -m jobs.train --config configs/cpu/stage1_image.yaml --shards "$SHARDS" --out "$R/stage1_image"; }
+step_stage1() { $PY -m jobs.train --config configs/cpu/stage1_image.yaml --shards "$SHARDS" --out "$R/stage1_image" "${SET[@]}"; }
 step_stage2() {
   $PY -m jobs.train --config configs/cpu/stage2_short.yaml --shards "$SHARDS" --out "$R/stage2_short" \
-    train.init_from="$R/stage1_image"
+    train.init_from="$R/stage1_image" "${SET[@]}"
 }
 step_stage3() {
   $PY -m jobs.train --config configs/cpu/stage3_long.yaml --shards "$SHARDS" --out "$R/stage3_long" \
-    train.init_from="$R/stage2_short"
+    train.init_from="$R/stage2_short" "${SET[@]}"
 }
 
 for s in $STEPS; do

@@ -71,11 +71,6 @@ def build_model(cfg: ModelConfig, vocab_size: int, groups: ParallelGroups, paral
                 code_levels: torch.Tensor | None = None) -> Transformer:
     """apply_tp (the spec) -> apply_ac (activation checkpointing) -> apply_compile (per block, in
     place, so parameter names stay); DeepSpeed comes after. `code_levels`: see Transformer."""
-    if cfg.code_level_embeddings and (groups.tp_size > 1 or parallel.zero_stage == 3):
-        # Its head adds the level sums to lm_head's weight outside lm_head's forward: a vocabulary
-        # split (TP) or a partitioned weight (ZeRO-3, gathered only for the module's own forward) breaks that.
-        raise ConfigError(f"config: model.code_level_embeddings=true is not supported with parallel.tp="
-                          f"{groups.tp_size}, parallel.zero_stage={parallel.zero_stage} (needs tp 1 and ZeRO 0-2)")
     if groups.tp_size > 1:
         from loong_dist.parallel.tensor_parallel import check_tp, megatron_spec
         check_tp(cfg, vocab_size, groups.tp_size)

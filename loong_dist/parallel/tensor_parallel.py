@@ -17,19 +17,19 @@ from __future__ import annotations
 import torch
 from megatron.core import ModelParallelConfig
 from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
-                                           vocab_parallel_cross_entropy)
+                                           copy_to_tensor_model_parallel_region, vocab_parallel_cross_entropy)
 from torch import Tensor, nn
 
 from loong_dist.config import ModelConfig
-from loong_dist.models.ar.model import LayerSpec
+from loong_dist.models.ar.model import CodeLevelRows, LayerSpec
 from loong_dist.parallel.process_groups import ParallelGroups
 
 
 class ColumnLinear(ColumnParallelLinear):
     """Megatron's column-parallel linear returning a tensor (bias-free, output left split)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x)[0]
+    def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
+        return super().forward(x, weight)[0]
 
 
 class RowLinear(RowParallelLinear):
@@ -37,6 +37,26 @@ class RowLinear(RowParallelLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x)[0]
+
+
+class LevelVocabEmbedding(CodeLevelRows, VocabParallelEmbedding):
+    """The vocabulary-parallel embedding plus each id's level sums (model.code_level_embeddings).
+    The sums are added to the all-reduced output: replicated vectors and the whole table on every
+    rank, and every rank's gradient of them is the same (the residual stream's is)."""
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return super().forward(ids) + self.level_sums(ids).to(self.weight.dtype)
+
+
+class LevelColumnHead(CodeLevelRows, ColumnLinear):
+    """The column-parallel head whose rows (this rank's vocabulary block) each add their levels'
+    vectors. The vectors are replicated but each rank's rows reach only its own ids, so their
+    gradient is summed over the tensor-parallel group (megatron's copy-to-region: identity forward,
+    all-reduce backward)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        vectors = copy_to_tensor_model_parallel_region(self.level_vectors, group=self.tp_group)
+        return super().forward(x, weight=self.weight + self.level_sums(vectors=vectors).to(self.weight.dtype))
 
 
 def check_tp(cfg: ModelConfig, vocab_size: int, tp: int) -> None:
@@ -58,13 +78,26 @@ def megatron_spec(groups: ParallelGroups, params_dtype: torch.dtype = torch.floa
         return RowLinear(d_in, d_out, config=mp, init_method=init, bias=False, input_is_parallel=True,
                          skip_bias_add=True, tp_group=group)
 
-    def embedding(n, d, init):
-        return VocabParallelEmbedding(n, d, init_method=init, config=mp, tp_group=group)
+    def embedding(n, d, init, code_levels=None):
+        if code_levels is None:
+            return VocabParallelEmbedding(n, d, init_method=init, config=mp, tp_group=group)
+        layer = LevelVocabEmbedding(n, d, init_method=init, config=mp, tp_group=group)
+        layer.add_code_levels(code_levels, d)
+        return layer
+
+    def head(d_in, d_out, init, code_levels=None):
+        if code_levels is None:
+            return column(d_in, d_out, init)
+        layer = LevelColumnHead(d_in, d_out, config=mp, init_method=init, bias=False, gather_output=False,
+                                tp_group=group)
+        block = d_out // groups.tp_size  # this rank's ids, as the weight's rows
+        layer.add_code_levels(code_levels, d_in, slice(groups.tp_rank * block, (groups.tp_rank + 1) * block))
+        return layer
 
     def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
         return vocab_parallel_cross_entropy(logits, targets)
 
-    return LayerSpec(column_linear=column, row_linear=row, embedding=embedding, lm_head=column,
+    return LayerSpec(column_linear=column, row_linear=row, embedding=embedding, lm_head=head,
                      cross_entropy=cross_entropy)
 
 

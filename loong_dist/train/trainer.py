@@ -234,7 +234,8 @@ class Trainer:
         cfg, layout, extra = read_model_meta(path)
         full, _ = load_model(path)
         state = full.state_dict()  # an exported file has no code level vectors: theirs start at zero
-        state.update({k: torch.zeros_like(v) for k, v in self.model.state_dict().items() if k.startswith("level_")})
+        state.update({k: torch.zeros_like(v) for k, v in self.model.state_dict().items()
+                      if k.endswith(".level_vectors")})
         if self.groups.tp_size > 1:
             from loong_dist.parallel.tensor_parallel import load_sharded
             load_sharded(self.model, state, self.groups)

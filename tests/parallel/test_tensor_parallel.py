@@ -1,4 +1,6 @@
-"""TP=2 (megatron-core layers, two gloo processes) against TP=1 (plain torch) on the same batch.
+"""TP=2 (megatron-core layers, two gloo processes) against TP=1 (plain torch) on the same batch,
+with and without code level embeddings (whose head vectors each rank reaches through its own
+vocabulary block only, so their gradient is summed over the group).
 
 Tolerance: losses to 1e-6 relative, gradients to 1e-5 relative / 1e-7 absolute in float32: the
 only differences are the order of the sums that the row-parallel all-reduce splits in two.
@@ -23,21 +25,41 @@ def _batch():
     return tokens, targets
 
 
-def _tp_worker():
+def _code_levels() -> torch.Tensor:
+    """A level table as VocabLayout.code_levels writes one: no level for the first 40 ids (text,
+    specials), then three FSQ dimensions of 4, 5 and 3 levels (entries 1-4, 5-9, 10-12)."""
+    g = torch.Generator().manual_seed(2)
+    table = torch.stack([torch.randint(1, 5, (VOCAB,), generator=g), torch.randint(5, 10, (VOCAB,), generator=g),
+                         torch.randint(10, 13, (VOCAB,), generator=g)], dim=1)
+    table[:40] = 0
+    return table
+
+
+def _reference(cfg: ModelConfig) -> Transformer:
+    """The TP=1 model, identical on both ranks; trained-looking (non-zero) code level vectors."""
+    torch.manual_seed(0)
+    model = Transformer(cfg, VOCAB, code_levels=_code_levels() if cfg.code_level_embeddings else None)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("level_vectors"):
+                p.normal_(0, 0.05)
+    return model
+
+
+def _tp_worker(code_levels: bool):
     from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
     from loong_dist.parallel.tensor_parallel import gather_full, load_sharded, megatron_spec
 
     groups = init_parallel(tp_size=2, backend="gloo")
     try:
         assert (groups.tp_size, groups.dp_size) == (2, 1)
-        cfg = ModelConfig(size="tiny", max_seq_len=64)
-        torch.manual_seed(0)
-        reference = Transformer(cfg, VOCAB)  # TP=1, identical on both ranks
+        cfg = ModelConfig(size="tiny", max_seq_len=64, code_level_embeddings=code_levels)
+        reference = _reference(cfg)
         tokens, targets = _batch()
         ref_loss = reference(tokens, targets).sum() / (targets != IGNORE).sum()
         ref_loss.backward()
 
-        model = Transformer(cfg, VOCAB, megatron_spec(groups))
+        model = Transformer(cfg, VOCAB, megatron_spec(groups), _code_levels() if code_levels else None)
         n_local = sum(p.numel() for p in model.parameters())
         n_full = sum(p.numel() for p in reference.parameters())
         assert n_local < 0.6 * n_full, "each rank should hold about half the weights"
@@ -47,20 +69,25 @@ def _tp_worker():
 
         torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
         grads = gather_full(model, groups, grads=True)
+        assert grads.keys() == dict(reference.named_parameters()).keys()
         for name, p in reference.named_parameters():
             torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+        if code_levels:
+            assert reference.lm_head.level_vectors.grad.abs().sum() > 0
     finally:
         destroy_parallel()
 
 
+@pytest.mark.parametrize("code_levels", [False, True], ids=["plain", "code_levels"])
+def test_tp2_matches_tp1_loss_and_gradients(code_levels):
+    launch_local(_tp_worker, 2, code_levels)
 
-def test_tp2_matches_tp1_loss_and_gradients():
-    launch_local(_tp_worker, 2)
 
-
-def _tp_engine_worker():
+def _tp_engine_worker(zero_stage: int, code_levels: bool):
     """TP=2 inside DeepSpeed (parallel_state as mpu): its loss curve, clipping active, matches a
-    single-device model trained by torch AdamW with the engine's learning rates."""
+    single-device model trained by torch AdamW with the engine's learning rates. At ZeRO-3 the
+    weights live partitioned and each layer's are gathered for its own forward only: the code level
+    vectors are their layer's own parameters, read there."""
     from loong_dist.config import load_config
     from loong_dist.parallel.engine import build_engine, build_model, param_groups
     from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
@@ -68,12 +95,12 @@ def _tp_engine_worker():
 
     groups = init_parallel(tp_size=2, backend="gloo")
     try:
-        cfg = load_config(None, ["model.size=tiny", "model.max_seq_len=64", "parallel.tp=2", "parallel.zero_stage=1",
+        cfg = load_config(None, ["model.size=tiny", "model.max_seq_len=64", "parallel.tp=2",
+                                 f"parallel.zero_stage={zero_stage}", f"model.code_level_embeddings={code_levels}",
                                  "parallel.precision=fp32", "optim.lr=1e-2", "optim.warmup_steps=1",
                                  "optim.grad_clip=0.3", "optim.micro_batch_size=2", "optim.steps=10"])
-        torch.manual_seed(0)
-        reference = Transformer(cfg.model, VOCAB)
-        model = build_model(cfg.model, VOCAB, groups, cfg.parallel)
+        reference = _reference(cfg.model)
+        model = build_model(cfg.model, VOCAB, groups, cfg.parallel, _code_levels() if code_levels else None)
         load_sharded(model, reference.state_dict(), groups)
         engine = build_engine(model, cfg, groups)
         opt = torch.optim.AdamW(param_groups(reference, cfg.optim.weight_decay), lr=1.0, betas=cfg.optim.betas,
@@ -104,5 +131,6 @@ def _tp_engine_worker():
         destroy_parallel()
 
 
-def test_tp2_under_deepspeed_matches_single_device_training():
-    launch_local(_tp_engine_worker, 2)
+@pytest.mark.parametrize("zero_stage,code_levels", [(1, False), (3, True)], ids=["zero1", "zero3_code_levels"])
+def test_tp2_under_deepspeed_matches_single_device_training(zero_stage, code_levels):
+    launch_local(_tp_engine_worker, 2, zero_stage, code_levels)

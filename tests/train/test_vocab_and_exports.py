@@ -45,7 +45,7 @@ def _worker(shards, tmp, results):
         tokens = torch.arange(second.layout.video_offset - 2, second.layout.vocab_size).view(1, -1)
         with torch.no_grad():  # to a file: a queue's pipe would fill before the parent reads it
             np.savez(f"{tmp}/live.npz", logits=second.model(tokens).numpy(), tokens=tokens.numpy(),
-                     levels_moved=second.model.level_head.abs().sum().item())
+                     levels_moved=second.model.lm_head.level_vectors.abs().sum().item())
         second.export(second.out / "folded.safetensors")
     finally:
         destroy_parallel()
@@ -111,15 +111,3 @@ def test_a_bucket_too_long_for_the_model_fails_before_the_first_step(tmp_path):
     with pytest.raises(UserError, match=f"model.max_seq_len=200: the 5-latent-frame bucket holds sequences of up "
                                           f"to {longest} tokens"):
         launch_local(_check_worker, 1, shards, str(tmp_path / "a"), ("model.max_seq_len=200",))
-
-
-def test_code_level_embeddings_at_zero3_fail_before_the_first_step(tmp_path):
-    shards = str(tmp_path / "shards")
-    write_shards(Storage(), shards, make_samples(12))
-    raw = json.loads((tmp_path / "shards" / "index.json").read_text())
-    raw["meta"]["fsq_levels"] = [10, 10, 10]
-    (tmp_path / "shards" / "index.json").write_text(json.dumps(raw))
-    with pytest.raises(UserError, match="model.code_level_embeddings=true is not supported with parallel.tp=1, "
-                                        "parallel.zero_stage=3"):
-        launch_local(_check_worker, 1, shards, str(tmp_path / "a"),
-                     ("model.code_level_embeddings=true", "parallel.zero_stage=3"))

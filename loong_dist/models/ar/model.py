@@ -58,12 +58,43 @@ class LayerSpec:
     weight stacks several matrices carries `fused_parts` (their number): each is split alone."""
     row_linear: Callable[[int, int, Init], nn.Module]
     """y = x W^T without bias; under TP the input features are split and the outputs summed."""
-    embedding: Callable[[int, int, Init], nn.Module]
-    """Token embedding (vocab, dim); under TP the vocabulary is split."""
-    lm_head: Callable[[int, int, Init], nn.Module]
-    """Output head (dim -> vocab); under TP its logits stay split over the vocabulary."""
+    embedding: Callable[[int, int, Init, Tensor | None], nn.Module]
+    """Token embedding (vocab, dim); under TP the vocabulary is split. With a code level table
+    (`code_levels`), each id's vector is its row plus the sum of its levels' (`CodeLevelRows`)."""
+    lm_head: Callable[[int, int, Init, Tensor | None], nn.Module]
+    """Output head (dim -> vocab); under TP its logits stay split over the vocabulary. With a code
+    level table, each id's row is its own plus the sum of its levels' vectors."""
     cross_entropy: Callable[[Tensor, Tensor], Tensor]
     """(logits (..., v), targets (...)) -> per-token loss (...); under TP over split logits."""
+
+
+class CodeLevelRows:
+    """Mixin of an embedding or head layer with model.code_level_embeddings: `level_vectors`, one
+    learnt vector per FSQ level entry (zero at the start), and `code_levels`, the (ids, FSQ
+    dimensions) table of the ids this layer holds (`VocabLayout.code_levels`; entry 0: no level).
+    An id's vector is the layer's own row plus the sum of its levels' vectors. The vectors are the
+    layer's own parameters, read in its own forward, so ZeRO-3 gathers them with its weight."""
+
+    def add_code_levels(self, code_levels: Tensor, dim: int, held: slice = slice(None)) -> None:
+        """`code_levels`: the whole vocabulary's table; `held`: the ids of this layer (its TP shard)."""
+        self.register_buffer("code_levels", code_levels[held].long(), persistent=False)
+        self.level_vectors = nn.Parameter(torch.zeros(int(code_levels.max()), dim))  # the same on every shard
+
+    def level_sums(self, ids: Tensor | None = None, vectors: Tensor | None = None) -> Tensor:
+        """(...) ids (None: every id the layer holds) -> (..., dim), the sums of their levels' vectors."""
+        levels = self.code_levels if ids is None else self.code_levels[ids]
+        vectors = self.level_vectors if vectors is None else vectors
+        return F.embedding(levels, _with_zero_row(vectors)).sum(-2)
+
+
+class LevelEmbedding(CodeLevelRows, nn.Embedding):
+    def forward(self, ids: Tensor) -> Tensor:
+        return super().forward(ids) + self.level_sums(ids).to(self.weight.dtype)
+
+
+class LevelHead(CodeLevelRows, nn.Linear):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight + self.level_sums().to(self.weight.dtype))
 
 
 def _linear(d_in: int, d_out: int, init: Init) -> nn.Module:
@@ -72,9 +103,20 @@ def _linear(d_in: int, d_out: int, init: Init) -> nn.Module:
     return layer
 
 
-def _embedding(n: int, d: int, init: Init) -> nn.Module:
-    layer = nn.Embedding(n, d)
+def _head(d_in: int, d_out: int, init: Init, code_levels: Tensor | None = None) -> nn.Module:
+    if code_levels is None:
+        return _linear(d_in, d_out, init)
+    layer = LevelHead(d_in, d_out, bias=False)
     init(layer.weight)
+    layer.add_code_levels(code_levels, d_in)
+    return layer
+
+
+def _embedding(n: int, d: int, init: Init, code_levels: Tensor | None = None) -> nn.Module:
+    layer = nn.Embedding(n, d) if code_levels is None else LevelEmbedding(n, d)
+    init(layer.weight)
+    if code_levels is not None:
+        layer.add_code_levels(code_levels, d)
     return layer
 
 
@@ -82,7 +124,7 @@ def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
 
 
-LOCAL_SPEC = LayerSpec(column_linear=_linear, row_linear=_linear, embedding=_embedding, lm_head=_linear,
+LOCAL_SPEC = LayerSpec(column_linear=_linear, row_linear=_linear, embedding=_embedding, lm_head=_head,
                        cross_entropy=_cross_entropy)
 
 
@@ -346,17 +388,13 @@ class Transformer(nn.Module):
         self.cfg, self.vocab_size = cfg, vocab_size
         self.spec = spec
         init = normal_init(cfg.init_std)
-        self.embed = spec.embedding(vocab_size, cfg.dim, init)
+        if cfg.code_level_embeddings and (code_levels is None or code_levels.shape[0] != vocab_size):
+            raise ValueError("model.code_level_embeddings needs the layout's code level table, one row per id")
+        levels = code_levels if cfg.code_level_embeddings else None
+        self.embed = spec.embedding(vocab_size, cfg.dim, init, levels)
         self.blocks = nn.ModuleList(Block(cfg, spec) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.lm_head = spec.lm_head(cfg.dim, vocab_size, init)
-        if cfg.code_level_embeddings:
-            if code_levels is None or code_levels.shape[0] != vocab_size:
-                raise ValueError("model.code_level_embeddings needs the layout's code level table, one row per id")
-            self.register_buffer("code_levels", code_levels.long(), persistent=False)
-            levels = int(code_levels.max())  # entry 0: no level (text, specials, padding)
-            self.level_embed = nn.Parameter(torch.zeros(levels, cfg.dim))
-            self.level_head = nn.Parameter(torch.zeros(levels, cfg.dim))
+        self.lm_head = spec.lm_head(cfg.dim, vocab_size, init, levels)
         cos, sin = self._rope_table()
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -422,8 +460,6 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {start + s} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         cos, sin, q_cos, q_sin = self.rotary(tokens, start, cache)
         x = self.embed(tokens)  # (b, s, h)
-        if self.cfg.code_level_embeddings:
-            x = x + F.embedding(self.code_levels[tokens], _with_zero_row(self.level_embed)).sum(-2)
         for i, block in enumerate(self.blocks):
             if cache is not None:
                 x = block(x, cos, sin, cache, i, q_cos, q_sin)
@@ -454,10 +490,7 @@ class Transformer(nn.Module):
 
     def logits(self, h: Tensor) -> Tensor:
         """The output head: (..., h) normed hidden states -> (..., v) logits."""
-        if not self.cfg.code_level_embeddings:
-            return self.lm_head(h)
-        rows = F.embedding(self.code_levels, _with_zero_row(self.level_head)).sum(1)  # (v, h)
-        return F.linear(h, self.lm_head.weight + rows.to(self.lm_head.weight.dtype))
+        return self.lm_head(h)
 
 
 def _with_zero_row(vectors: Tensor) -> Tensor:
@@ -469,7 +502,8 @@ def fold_code_levels(state: dict[str, Tensor], code_levels: Tensor) -> dict[str,
     """A state dict of a model with code_level_embeddings as one without: each id's embedding and
     head row plus the sum of its levels' vectors."""
     state = dict(state)
-    for vectors, rows in (("level_embed", "embed.weight"), ("level_head", "lm_head.weight")):
-        table = _with_zero_row(state.pop(vectors).float())
-        state[rows] = (state[rows].float() + F.embedding(code_levels.long(), table).sum(1)).to(state[rows].dtype)
+    for layer in ("embed", "lm_head"):
+        table = _with_zero_row(state.pop(f"{layer}.level_vectors").float())
+        rows = state[f"{layer}.weight"]
+        state[f"{layer}.weight"] = (rows.float() + F.embedding(code_levels.long(), table).sum(1)).to(rows.dtype)
     return state

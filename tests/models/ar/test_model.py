@@ -410,26 +410,26 @@ def test_code_level_embeddings_are_the_plain_model_with_summed_rows(tmp_path):
     torch.manual_seed(0)
     model = Transformer(cfg, layout.padded_vocab_size, code_levels=torch.from_numpy(table))
     with torch.no_grad():  # trained vectors (they start at zero)
-        model.level_embed.normal_()
-        model.level_head.normal_()
+        model.embed.level_vectors.normal_()
+        model.lm_head.level_vectors.normal_()
     plain = Transformer(dataclasses.replace(cfg, code_level_embeddings=False), layout.padded_vocab_size)
-    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("level_")}
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith(".level_vectors")}
     for i in range(layout.padded_vocab_size):
         for entry in table[i]:
             if entry:  # entry 0: no level
-                state["embed.weight"][i] += model.level_embed[entry - 1].detach()
-                state["lm_head.weight"][i] += model.level_head[entry - 1].detach()
+                state["embed.weight"][i] += model.embed.level_vectors[entry - 1].detach()
+                state["lm_head.weight"][i] += model.lm_head.level_vectors[entry - 1].detach()
     plain.load_state_dict(state)
     tokens = torch.tensor([[2, 7, 9, 4, 20, 21, 22, 23, 24, 25, 20]])
     targets = torch.cat([torch.full((1, 4), IGNORE), tokens[:, 5:], torch.tensor([[3]])], dim=1)
     torch.testing.assert_close(model(tokens), plain(tokens), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(model(tokens, targets), plain(tokens, targets), rtol=1e-5, atol=1e-5)
     model(tokens, targets).sum().backward()
-    assert model.level_embed.grad.abs().sum() > 0 and model.level_head.grad.abs().sum() > 0
+    assert model.embed.level_vectors.grad.abs().sum() > 0 and model.lm_head.level_vectors.grad.abs().sum() > 0
 
     path = checkpoint.save_model(model.state_dict(), cfg, layout, tmp_path / "m.safetensors")
     loaded, _ = load_model(path)
-    assert not loaded.cfg.code_level_embeddings and not hasattr(loaded, "level_embed")
+    assert not loaded.cfg.code_level_embeddings and not hasattr(loaded.embed, "level_vectors")
     torch.testing.assert_close(loaded(tokens), plain(tokens), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="code level table"):
         Transformer(cfg, layout.padded_vocab_size)
