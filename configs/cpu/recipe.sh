@@ -48,7 +48,9 @@ step_shards() {
 }
 
 SHARDS="$R/shards/images,$R/shards/clips17,$R/shards/clips65"
-step_stage1() { $PY -m jobs.train --config configs/cpu/stage1_image.yaml --shards "$SHARDS" --out "$R/stage1_image" "${SET[@]}"; }
+step_stage1() {
+  $PY -m jobs.train --config configs/cpu/stage1_image.yaml --shards "$SHARDS" --out "$R/stage1_image" "${SET[@]}"
+}
 step_stage2() {
   $PY -m jobs.train --config configs/cpu/stage2_short.yaml --shards "$SHARDS" --out "$R/stage2_short" \
     train.init_from="$R/stage1_image" "${SET[@]}"
