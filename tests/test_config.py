@@ -114,3 +114,28 @@ def test_jobs_take_key_value_items_between_their_flags(tmp_path):
     assert data_prep.synthetic.main(["--out", str(tmp_path / "p"), "synthetic.held_out=0.2", "--prompts", "3",
                                      "run.seed=4"]) == 0
     assert len((tmp_path / "p" / "prompts.jsonl").read_text().splitlines()) == 3
+
+
+def test_cpu_recipe_runs_every_job_with_its_variant_overrides(tmp_path):
+    """configs/cpu/recipe.sh with RECIPE_SET: each of its jobs gets the overrides (a variant of the
+    recipe), and each job's key=value items load as this project's config."""
+    import json
+    import os
+
+    log = tmp_path / "calls.jsonl"
+    stub = tmp_path / "python"  # stands in for the interpreter: records each job's command line
+    stub.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                    f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    stub.chmod(0o755)
+    variant = ["synthetic.start_inside=true", "model.code_level_embeddings=true"]
+    env = dict(os.environ, PYTHON=str(stub), RECIPE_SET=" ".join(variant))
+    subprocess.run([str(ROOT / "configs/cpu/recipe.sh"), str(tmp_path / "run")], env=env, check=True, capture_output=True)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    jobs = [call[1] for call in calls]
+    assert jobs == ["data_prep.synthetic"] * 3 + ["data_prep.text_tokenizer"] + ["data_prep.pretokenize"] * 3 + [
+        "jobs.train"] * 3
+    for call in calls:
+        assert call[-2:] == variant, call
+        load_config(call[call.index("--config") + 1], [a for a in call if "=" in a and not a.startswith("-")])
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.done")) == [
+        "data.done", "shards.done", "stage1.done", "stage2.done", "stage3.done"]
