@@ -124,12 +124,13 @@ def test_cpu_recipe_runs_every_job_with_its_variant_overrides(tmp_path):
 
     log = tmp_path / "calls.jsonl"
     stub = tmp_path / "python"  # stands in for the interpreter: records each job's command line
-    stub.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                    f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    record = f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')"
+    stub.write_text(f"#!{sys.executable}\nimport json, sys\n{record}\n")
     stub.chmod(0o755)
     variant = ["synthetic.start_inside=true", "model.code_level_embeddings=true"]
     env = dict(os.environ, PYTHON=str(stub), RECIPE_SET=" ".join(variant))
-    subprocess.run([str(ROOT / "configs/cpu/recipe.sh"), str(tmp_path / "run")], env=env, check=True, capture_output=True)
+    recipe = [str(ROOT / "configs/cpu/recipe.sh"), str(tmp_path / "run")]
+    subprocess.run(recipe, env=env, check=True, capture_output=True)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     jobs = [call[1] for call in calls]
     assert jobs == (["data_prep.synthetic"] * 3 + ["data_prep.text_tokenizer"] + ["data_prep.pretokenize"] * 3
