@@ -6,7 +6,7 @@
 # that finished writes RUN_DIR/<step>.done and is skipped next time. Keep RUN_DIR outside the work
 # tree (e.g. ~/.cache/loong/runs/t2v_cpu): it grows to ~10 GB of clips, shards and checkpoints.
 # RECIPE_SET="section.key=value ..." is appended to every job's command line: a variant of the
-# recipe in its own RUN_DIR (e.g. RECIPE_SET="loss.mode=frame_groups", Loong's re-weighting).
+# recipe in its own RUN_DIR (e.g. RECIPE_SET="loss.mode=token_mean", the plain token mean).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ $# -ge 1 ] || { echo "usage: $0 RUN_DIR [data|shards|stage1|stage2|stage3 ...]" >&2; exit 2; }
