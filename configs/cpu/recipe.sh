@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU recipe end to end: the commands that make the shipped transformer checkpoints/t2v_cpu/.
-#   configs/cpu/recipe.sh RUN_DIR [STEP ...]      steps: data shards stage1 stage2 stage3 (default: all)
+#   configs/cpu/recipe.sh RUN_DIR [STEP ...]   steps: data shards stage1 stage2 stage3 stage3_more (default: all)
 # Every step is resumable: run it again with the same RUN_DIR after an interruption and it goes on
 # (rendered clips and complete shards are kept, training resumes from checkpoints/latest). A step
 # that finished writes RUN_DIR/<step>.done and is skipped next time. Keep RUN_DIR outside the work
@@ -9,9 +9,9 @@
 # recipe in its own RUN_DIR (e.g. RECIPE_SET="loss.mode=token_mean", the plain token mean).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ $# -ge 1 ] || { echo "usage: $0 RUN_DIR [data|shards|stage1|stage2|stage3 ...]" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 RUN_DIR [data|shards|stage1|stage2|stage3|stage3_more ...]" >&2; exit 2; }
 R=$(realpath -m "$1"); shift
-STEPS=${*:-data shards stage1 stage2 stage3}
+STEPS=${*:-data shards stage1 stage2 stage3 stage3_more}
 mkdir -p "$R"
 PY=${PYTHON:-.venv/bin/python}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
@@ -58,6 +58,10 @@ step_stage2() {
 step_stage3() {
   $PY -m jobs.train --config configs/cpu/stage3_long.yaml --shards "$SHARDS" --out "$R/stage3_long" \
     train.init_from="$R/stage2_short" "${SET[@]}"
+}
+step_stage3_more() {  # stage 3 continued from its weights: other batches, half the peak lr
+  $PY -m jobs.train --config configs/cpu/stage3_more.yaml --shards "$SHARDS" --out "$R/stage3_more" \
+    train.init_from="$R/stage3_long" "${SET[@]}"
 }
 
 for s in $STEPS; do
