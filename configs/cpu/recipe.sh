@@ -9,9 +9,10 @@
 # recipe in its own RUN_DIR (e.g. RECIPE_SET="loss.mode=token_mean", the plain token mean).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ $# -ge 1 ] || { echo "usage: $0 RUN_DIR [data|shards|stage1|stage2|stage3|stage3_more ...]" >&2; exit 2; }
+ALL_STEPS="data shards stage1 stage2 stage3 stage3_more"
+[ $# -ge 1 ] || { echo "usage: $0 RUN_DIR [STEP ...], steps: $ALL_STEPS (default: all)" >&2; exit 2; }
 R=$(realpath -m "$1"); shift
-STEPS=${*:-data shards stage1 stage2 stage3 stage3_more}
+STEPS=${*:-$ALL_STEPS}
 mkdir -p "$R"
 PY=${PYTHON:-.venv/bin/python}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
