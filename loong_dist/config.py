@@ -502,6 +502,11 @@ class TrainConfig:
     caption_dropout: float = 0.0
     """Probability that a sample's caption is replaced by the empty text (`<s> <bov>`), so the model
     also learns the unconditional stream that classifier-free guidance needs."""
+    context_noise: float = 0.0
+    """Share of each sample's video input tokens replaced by one of the sample's own codes, drawn at
+    random, with the targets kept the true ones (loong_dist/data/loader.py): the model learns to go on
+    from, and repair, a context with errors like its own draws, against error build-up over long
+    rollouts (the token form of GameNGen's noise on its context frames). 0: off."""
     init_from: str = ""
     """Weights a new run starts from: a model.safetensors, or a run folder holding one (the previous
     stage). Ignored once the run has a checkpoint of its own (a resume wins)."""
@@ -534,6 +539,7 @@ class TrainConfig:
                                 and sum(self.mix) > 0), "train.mix", self.mix,
                "needs one share >= 0 per train.latent_frames entry, not all 0")
         _check(0.0 <= self.caption_dropout <= 1.0, "train.caption_dropout", self.caption_dropout, "must be in [0, 1]")
+        _check(0.0 <= self.context_noise < 1.0, "train.context_noise", self.context_noise, "must be in [0, 1)")
 
 
 @dataclass

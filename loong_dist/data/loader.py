@@ -17,6 +17,13 @@ Caption dropout (for classifier-free guidance) replaces a sample's text with the
 (seed, the sampler state before the batch), so a resumed run - on any layout - drops exactly the
 same ones.
 
+Context noise (`context_noise`, against error build-up in long rollouts) replaces a share of each
+sample's video *input* tokens by codes drawn from the sample's own distinct codes, its targets left
+the true ones: the model learns to go on from a context with errors like its own draws (a stray
+background code in the object, an object code in the background) and to repair them, the token
+form of the noise GameNGen adds to its context frames. The draws are keyed like caption dropout,
+so they too resume exactly on any layout.
+
 A micro-batch that a rank's share of the global batch leaves empty (the batch does not divide
 over the ranks) is one padding token with no target: it takes part in the collectives of the
 forward and backward and adds nothing to the loss.
@@ -36,17 +43,36 @@ from loong_dist.io.storage import Storage
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
 
 
+def noisy_context(tokens: np.ndarray, layout: VocabLayout, share: float, rng: np.random.Generator) -> np.ndarray:
+    """tokens (L,) one sample's inputs -> a copy in which each video token is, with probability
+    `share`, replaced by one of the sample's distinct video tokens drawn uniformly (possibly itself).
+    Text, <bov> and the targets are untouched."""
+    video = np.flatnonzero((tokens >= layout.video_offset) & (tokens < layout.vocab_size))
+    out = tokens.copy()
+    if share <= 0 or len(video) == 0:
+        return out
+    hit = video[rng.random(len(video)) < share]
+    out[hit] = rng.choice(np.unique(tokens[video]), size=len(hit))
+    return out
+
+
 def collate(samples: Sequence[Sample], layout: VocabLayout, drop_text: Sequence[bool] | None = None,
-            latent_grid: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+            latent_grid: Sequence[int] | None = None, context_noise: float = 0.0,
+            noise_seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Build each sample's sequence and right-pad to the longest: (b, s) int64 tensors.
     drop_text[i]: sample i gets the empty caption (`<s> <bov>` then its video). latent_grid: the
-    (rows, columns) every sample's latent frames must have (a model with 3D positions is built for one)."""
+    (rows, columns) every sample's latent frames must have (a model with 3D positions is built for one).
+    context_noise > 0: sample i's video inputs get `noisy_context` with the generator of noise_seeds[i]."""
     drop_text = drop_text if drop_text is not None else [False] * len(samples)
+    if context_noise > 0 and (noise_seeds is None or len(noise_seeds) != len(samples)):
+        raise ValueError("context_noise needs one noise seed per sample")
     for s in samples if latent_grid is not None else ():
         if list(s.video.shape[1:]) != list(latent_grid):
             raise ShardError(f"sample {s.key}: latent frames of {s.video.shape[1]}x{s.video.shape[2]} codes, the model "
                              f"places video tokens on model.latent_grid={list(latent_grid)}")
     built = [layout.build([] if drop else s.text.tolist(), s.video) for s, drop in zip(samples, drop_text)]
+    for i, b in enumerate(built if context_noise > 0 else ()):
+        b["tokens"] = noisy_context(b["tokens"], layout, context_noise, np.random.default_rng(noise_seeds[i]))
     length = max(len(b["tokens"]) for b in built)
     out = {"tokens": np.full((len(built), length), layout.pad_id, np.int64),
            "targets": np.full((len(built), length), IGNORE, np.int64),
@@ -62,7 +88,8 @@ class TokenLoader:
     def __init__(self, index: ShardIndex, layout: VocabLayout, token_budget: int, dp_rank: int = 0,
                  dp_size: int = 1, seed: int = 0, frames: Sequence[int] | None = None,
                  storage: Storage | None = None, workers: int = 4, mix: Sequence[float] | None = None,
-                 caption_dropout: float = 0.0, global_tokens: int = 0, latent_grid: Sequence[int] | None = None):
+                 caption_dropout: float = 0.0, global_tokens: int = 0, latent_grid: Sequence[int] | None = None,
+                 context_noise: float = 0.0):
         codebook = index.meta.get("codebook_size")
         if codebook is not None and codebook != layout.codebook_size:
             raise ShardError(f"{index.folder}: shards hold {codebook} video codes, the model's layout has "
@@ -75,27 +102,34 @@ class TokenLoader:
         self.reader = ShardReader(index, storage)
         self.sampler = BucketedBatchSampler(index.samples, token_budget, dp_rank, dp_size, seed, frames, mix,
                                             global_tokens)
-        self.caption_dropout = caption_dropout
+        self.caption_dropout, self.context_noise = caption_dropout, context_noise
         self.latent_grid = latent_grid
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard-read")
-        self._next: tuple[dict, list[list[Future]], list[list[bool]]] | None = None
+        self._next: tuple[dict, list[list[Future]], list[list[tuple[bool, int]]]] | None = None
 
-    def _drop_text(self, state: dict, total: int) -> list[bool]:
-        """Caption dropout of this rank's samples of a global batch of `total` (drawn for the whole
-        batch, then this rank's share: the same samples whatever the layout)."""
-        if not self.caption_dropout:
-            return [False] * len(range(self.sampler.dp_rank, total, self.sampler.dp_size))
-        key = [self.sampler.seed, 2 << 20, state["epoch"], state["position"], state.get("step", 0)]
-        drop = np.random.default_rng(key).random(total) < self.caption_dropout
-        return drop[self.sampler.dp_rank::self.sampler.dp_size].tolist()
+    def _draws(self, state: dict, total: int, tag: int, draw) -> list:
+        """This rank's share of per-sample draws for a global batch of `total` samples: drawn for the
+        whole batch from (seed, tag, the sampler state before it), then this rank's samples, so the
+        same samples get the same draws whatever the layout."""
+        key = [self.sampler.seed, tag, state["epoch"], state["position"], state.get("step", 0)]
+        return draw(np.random.default_rng(key), total)[self.sampler.dp_rank::self.sampler.dp_size].tolist()
 
-    def _fetch(self) -> tuple[dict, list[list[Future]], list[list[bool]]]:
+    def _per_sample(self, state: dict, total: int) -> list[tuple[bool, int]]:
+        """(caption dropped, context-noise seed) for each of this rank's samples of the global batch."""
+        mine = len(range(self.sampler.dp_rank, total, self.sampler.dp_size))
+        drop = (self._draws(state, total, 2 << 20, lambda g, n: g.random(n) < self.caption_dropout)
+                if self.caption_dropout else [False] * mine)
+        seeds = (self._draws(state, total, 3 << 20, lambda g, n: g.integers(0, 2 ** 62, n))
+                 if self.context_noise else [0] * mine)
+        return list(zip(drop, seeds))
+
+    def _fetch(self) -> tuple[dict, list[list[Future]], list[list[tuple[bool, int]]]]:
         state = self.sampler.state_dict()  # the state *before* this batch: where a resume restarts it
         mine = next(self.sampler)
-        drop = self._drop_text(state, self.sampler.last_global[1])
-        micro = self.sampler.split(list(zip(mine, drop)))
+        extra = self._per_sample(state, self.sampler.last_global[1])
+        micro = self.sampler.split(list(zip(mine, extra)))
         return (state, [[self._pool.submit(self.reader.read, r) for r, _ in m] for m in micro],
-                [[d for _, d in m] for m in micro])
+                [[e for _, e in m] for m in micro])
 
     def _empty(self) -> dict[str, torch.Tensor]:
         """An empty micro-batch: one padding position with no target."""
@@ -107,10 +141,11 @@ class TokenLoader:
         """This rank's micro-batches of the next global batch (as many on every rank)."""
         if self._next is None:
             self._next = self._fetch()
-        _, futures, drop = self._next
+        _, futures, extra = self._next
         self._next = self._fetch()  # prefetch while this batch is collated and trained on
-        return [collate([f.result() for f in fs], self.layout, d, self.latent_grid) if fs else self._empty()
-                for fs, d in zip(futures, drop)]
+        return [collate([f.result() for f in fs], self.layout, [d for d, _ in e], self.latent_grid,
+                        self.context_noise, [s for _, s in e]) if fs else self._empty()
+                for fs, e in zip(futures, extra)]
 
     def __iter__(self):
         return self

@@ -167,7 +167,7 @@ class Trainer:
         self.loader = TokenLoader(index, self.layout, cfg.train.token_budget, groups.dp_rank, groups.dp_size,
                                   cfg.run.seed, cfg.train.latent_frames or None, self.storage, cfg.train.loader_workers,
                                   cfg.train.mix or None, cfg.train.caption_dropout, cfg.train.global_batch_tokens,
-                                  cfg.model.latent_grid if cfg.model.rope == "3d" else None)
+                                  cfg.model.latent_grid if cfg.model.rope == "3d" else None, cfg.train.context_noise)
         if cfg.loss.mode == "frame_groups":
             self.boundaries, self.weights = list(cfg.loss.boundaries), list(cfg.loss.weights)
         else:  # one group: the plain token mean

@@ -1,13 +1,15 @@
-"""Stage mixing ratios over latent-frame buckets and caption dropout: the shares drawn, exact
-resume of both, and dropped captions built as the empty text."""
+"""Stage mixing ratios over latent-frame buckets, caption dropout and context noise: the shares drawn,
+exact resume, the same draws on any layout, dropped captions built as the empty text."""
 
 import numpy as np
 import pytest
+import torch
 
 from loong_dist.data.bucketing import BucketedBatchSampler
 from loong_dist.data.loader import TokenLoader
 from loong_dist.data.shards import ShardIndex
 from loong_dist.io.storage import Storage
+from loong_dist.models.ar.layout import IGNORE
 from tests.data.test_shards_and_loader import LAYOUT, make_samples, write_shards
 
 
@@ -72,4 +74,58 @@ def test_caption_dropout_is_the_empty_text_and_resumes(tmp_path):
     plain = TokenLoader(index, LAYOUT, token_budget=800, seed=1, workers=2)
     assert all(row[1] != LAYOUT.bov_id for bt in [next(plain) for _ in range(12)] for row in bt["tokens"])
     for x in (a, b, plain):
+        x.close()
+
+
+def _rows(micro_batches):
+    """{the row's targets (its sample, with no noise in them): its input tokens} over micro-batches."""
+    out = {}
+    for b in micro_batches:
+        for tokens, targets in zip(b["tokens"], b["targets"]):
+            keep = targets != IGNORE
+            if keep.any():  # not the padding micro-batch of a rank the global batch left empty
+                out[tuple(targets[keep].tolist())] = tokens[tokens != LAYOUT.pad_id].tolist()
+    return out
+
+
+def test_context_noise_replaces_video_inputs_by_the_samples_codes_and_resumes_on_any_layout(tmp_path):
+    write_shards(Storage(), str(tmp_path), make_samples(60))
+    index = ShardIndex.load(str(tmp_path))
+    share = 0.3
+
+    def loader(noise, rank=0, ranks=1):
+        return TokenLoader(index, LAYOUT, token_budget=800, dp_rank=rank, dp_size=ranks, seed=1, workers=2,
+                           caption_dropout=0.2, global_tokens=1600, context_noise=noise)
+
+    noisy, clean = loader(share), loader(0.0)
+    steps = [(noisy.next_step(), clean.next_step()) for _ in range(10)]
+    changed = video = 0
+    expect = 0.0  # each video input is replaced w.p. share, by one of the sample's K distinct codes, itself too
+    for got, want in steps:
+        for g, w in zip(got, want):
+            assert torch.equal(g["targets"], w["targets"]) and torch.equal(g["frame"], w["frame"])
+            is_video = (w["tokens"] >= LAYOUT.video_offset) & (w["tokens"] < LAYOUT.vocab_size)
+            assert torch.equal(g["tokens"][~is_video], w["tokens"][~is_video])  # text, <s>, <bov>, padding
+            for gr, wr, vr in zip(g["tokens"], w["tokens"], is_video):
+                assert set(gr[vr].tolist()) <= set(wr[vr].tolist())  # the sample's own codes
+                changed += int((gr[vr] != wr[vr]).sum())
+                video += int(vr.sum())
+                expect += int(vr.sum()) * share * (1 - 1 / len(set(wr[vr].tolist())))
+    assert video > 5000 and abs(changed - expect) < 4 * np.sqrt(expect * (1 - share))
+
+    state = noisy.state_dict()
+    later = [noisy.next_step() for _ in range(3)]
+    again = loader(share)
+    again.load_state_dict(state)
+    for want in later:
+        got = again.next_step()
+        assert all(torch.equal(g[k], w[k]) for g, w in zip(got, want) for k in w)
+    # two ranks see the same samples with the same noise as one rank
+    ranks = [loader(share, r, 2) for r in range(2)]
+    for got, _ in steps:
+        split = {}
+        for r in ranks:
+            split.update(_rows(r.next_step()))
+        assert split == _rows(got)
+    for x in (noisy, clean, again, *ranks):
         x.close()
