@@ -10,6 +10,7 @@ read is skipped with a warning naming it; the bank is filled from the other entr
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,11 +91,13 @@ def build_clip_bank(entries: Sequence[ManifestEntry] | Sequence[Sequence[Manifes
 
 
 def load_or_build(path: Path, build) -> np.ndarray:
-    """The bank saved at `path`, or build it and save it there (atomically)."""
+    """The bank saved at `path`, or build it and save it there (atomically). Ranks sharing the folder
+    may build it at once: each writes its own temporary file (the banks are the same), the last
+    rename wins."""
     if path.exists():
         return np.load(path, mmap_mode="r")
     bank = build()
-    tmp = path.with_name(path.name + ".tmp.npy")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
     np.save(tmp, bank)
     tmp.replace(path)
     return bank
