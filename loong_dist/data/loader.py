@@ -115,12 +115,10 @@ class TokenLoader:
         return draw(np.random.default_rng(key), total)[self.sampler.dp_rank::self.sampler.dp_size].tolist()
 
     def _per_sample(self, state: dict, total: int) -> list[tuple[bool, int]]:
-        """(caption dropped, context-noise seed) for each of this rank's samples of the global batch."""
-        mine = len(range(self.sampler.dp_rank, total, self.sampler.dp_size))
-        drop = (self._draws(state, total, 2 << 20, lambda g, n: g.random(n) < self.caption_dropout)
-                if self.caption_dropout else [False] * mine)
-        seeds = (self._draws(state, total, 3 << 20, lambda g, n: g.integers(0, 2 ** 62, n))
-                 if self.context_noise else [0] * mine)
+        """(caption dropped, context-noise seed) for each of this rank's samples of the global batch
+        (with caption_dropout 0 nothing is dropped; with context_noise 0 the seeds go unused)."""
+        drop = self._draws(state, total, 2 << 20, lambda g, n: g.random(n) < self.caption_dropout)
+        seeds = self._draws(state, total, 3 << 20, lambda g, n: g.integers(0, 2 ** 62, n))
         return list(zip(drop, seeds))
 
     def _fetch(self) -> tuple[dict, list[list[Future]], list[list[tuple[bool, int]]]]:
