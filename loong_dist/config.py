@@ -507,6 +507,13 @@ class TrainConfig:
     random, with the targets kept the true ones (loong_dist/data/loader.py): the model learns to go on
     from, and repair, a context with errors like its own draws, against error build-up over long
     rollouts (the token form of GameNGen's noise on its context frames). 0: off."""
+    self_context: float = 0.0
+    """Share of each sample's video input tokens replaced by the model's own draw at that place, the
+    targets kept (parallel scheduled sampling, Duckworth et al. 2019): before each micro-batch's
+    training pass, one teacher-forced pass without gradients draws every chosen place from the
+    model's prediction there (temperature 1, among the video tokens). Unlike context_noise the
+    errors are the model's own kind (an outline drawn a little off, a code of a near colour). Costs
+    one more forward pass a micro-batch. Places and uniforms are keyed like context_noise. 0: off."""
     init_from: str = ""
     """Weights a new run starts from: a model.safetensors, or a run folder holding one (the previous
     stage). Ignored once the run has a checkpoint of its own (a resume wins)."""
@@ -540,6 +547,7 @@ class TrainConfig:
                "needs one share >= 0 per train.latent_frames entry, not all 0")
         _check(0.0 <= self.caption_dropout <= 1.0, "train.caption_dropout", self.caption_dropout, "must be in [0, 1]")
         _check(0.0 <= self.context_noise < 1.0, "train.context_noise", self.context_noise, "must be in [0, 1)")
+        _check(0.0 <= self.self_context < 1.0, "train.self_context", self.self_context, "must be in [0, 1)")
 
 
 @dataclass

@@ -24,6 +24,12 @@ background code in the object, an object code in the background) and to repair t
 form of the noise GameNGen adds to its context frames. The draws are keyed like caption dropout,
 so they too resume exactly on any layout.
 
+Self-context (`self_context`, parallel scheduled sampling) goes further: for a share of each sample's
+video input tokens the collated batch carries a uniform draw ("resample", -1 elsewhere), and the
+trainer replaces those inputs by the model's own draws there (`Transformer.draw_inputs`, one
+teacher-forced pass without gradients), so the errors it learns to go on from are its own. Which
+places and their uniforms are keyed like the rest; the draws then depend only on the weights.
+
 A micro-batch that a rank's share of the global batch leaves empty (the batch does not divide
 over the ranks) is one padding token with no target: it takes part in the collectives of the
 forward and backward and adds nothing to the loss.
@@ -56,16 +62,29 @@ def noisy_context(tokens: np.ndarray, layout: VocabLayout, share: float, rng: np
     return out
 
 
+def self_context_places(tokens: np.ndarray, layout: VocabLayout, share: float, rng: np.random.Generator) -> np.ndarray:
+    """tokens (L,) one sample's inputs -> float32 (L,): at each video token, with probability `share`,
+    a uniform in [0, 1) with which the trainer draws the model's own token there (the "resample"
+    entry of a batch, `Transformer.draw_inputs`); -1 elsewhere (text, <bov>, the places kept)."""
+    out = np.full(len(tokens), -1.0, np.float32)
+    video = np.flatnonzero((tokens >= layout.video_offset) & (tokens < layout.vocab_size))
+    hit = video[rng.random(len(video)) < share] if share > 0 else video[:0]
+    out[hit] = rng.random(len(hit))
+    return out
+
+
 def collate(samples: Sequence[Sample], layout: VocabLayout, drop_text: Sequence[bool] | None = None,
             latent_grid: Sequence[int] | None = None, context_noise: float = 0.0,
-            noise_seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+            noise_seeds: Sequence[int] | None = None, self_context: float = 0.0) -> dict[str, torch.Tensor]:
     """Build each sample's sequence and right-pad to the longest: (b, s) int64 tensors.
     drop_text[i]: sample i gets the empty caption (`<s> <bov>` then its video). latent_grid: the
     (rows, columns) every sample's latent frames must have (a model with 3D positions is built for one).
-    context_noise > 0: sample i's video inputs get `noisy_context` with the generator of noise_seeds[i]."""
+    context_noise > 0: sample i's video inputs get `noisy_context` with the generator of noise_seeds[i].
+    self_context > 0: a float32 "resample" entry (`self_context_places`, from a generator of
+    (noise_seeds[i], 1): the context noise's draws are the same with or without it)."""
     drop_text = drop_text if drop_text is not None else [False] * len(samples)
-    if context_noise > 0 and (noise_seeds is None or len(noise_seeds) != len(samples)):
-        raise ValueError("context_noise needs one noise seed per sample")
+    if (context_noise > 0 or self_context > 0) and (noise_seeds is None or len(noise_seeds) != len(samples)):
+        raise ValueError("context_noise and self_context need one noise seed per sample")
     for s in samples if latent_grid is not None else ():
         if list(s.video.shape[1:]) != list(latent_grid):
             raise ShardError(f"sample {s.key}: latent frames of {s.video.shape[1]}x{s.video.shape[2]} codes, the model "
@@ -73,10 +92,15 @@ def collate(samples: Sequence[Sample], layout: VocabLayout, drop_text: Sequence[
     built = [layout.build([] if drop else s.text.tolist(), s.video) for s, drop in zip(samples, drop_text)]
     for i, b in enumerate(built if context_noise > 0 else ()):
         b["tokens"] = noisy_context(b["tokens"], layout, context_noise, np.random.default_rng(noise_seeds[i]))
+    for i, b in enumerate(built if self_context > 0 else ()):
+        rng = np.random.default_rng([noise_seeds[i], 1])
+        b["resample"] = self_context_places(b["tokens"], layout, self_context, rng)
     length = max(len(b["tokens"]) for b in built)
     out = {"tokens": np.full((len(built), length), layout.pad_id, np.int64),
            "targets": np.full((len(built), length), IGNORE, np.int64),
            "frame": np.full((len(built), length), -1, np.int64)}
+    if self_context > 0:
+        out["resample"] = np.full((len(built), length), -1.0, np.float32)
     for row, b in enumerate(built):
         n = len(b["tokens"])
         for name in out:
@@ -89,7 +113,7 @@ class TokenLoader:
                  dp_size: int = 1, seed: int = 0, frames: Sequence[int] | None = None,
                  storage: Storage | None = None, workers: int = 4, mix: Sequence[float] | None = None,
                  caption_dropout: float = 0.0, global_tokens: int = 0, latent_grid: Sequence[int] | None = None,
-                 context_noise: float = 0.0):
+                 context_noise: float = 0.0, self_context: float = 0.0):
         codebook = index.meta.get("codebook_size")
         if codebook is not None and codebook != layout.codebook_size:
             raise ShardError(f"{index.folder}: shards hold {codebook} video codes, the model's layout has "
@@ -102,7 +126,7 @@ class TokenLoader:
         self.reader = ShardReader(index, storage)
         self.sampler = BucketedBatchSampler(index.samples, token_budget, dp_rank, dp_size, seed, frames, mix,
                                             global_tokens)
-        self.caption_dropout, self.context_noise = caption_dropout, context_noise
+        self.caption_dropout, self.context_noise, self.self_context = caption_dropout, context_noise, self_context
         self.latent_grid = latent_grid
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard-read")
         self._next: tuple[dict, list[list[Future]], list[list[tuple[bool, int]]]] | None = None
@@ -116,7 +140,8 @@ class TokenLoader:
 
     def _per_sample(self, state: dict, total: int) -> list[tuple[bool, int]]:
         """(caption dropped, context-noise seed) for each of this rank's samples of the global batch
-        (with caption_dropout 0 nothing is dropped; with context_noise 0 the seeds go unused)."""
+        (with caption_dropout 0 nothing is dropped; without context noise or self-context the seeds go
+        unused)."""
         drop = self._draws(state, total, 2 << 20, lambda g, n: g.random(n) < self.caption_dropout)
         seeds = self._draws(state, total, 3 << 20, lambda g, n: g.integers(0, 2 ** 62, n))
         return list(zip(drop, seeds))
@@ -130,10 +155,13 @@ class TokenLoader:
                 [[e for _, e in m] for m in micro])
 
     def _empty(self) -> dict[str, torch.Tensor]:
-        """An empty micro-batch: one padding position with no target."""
-        return {"tokens": torch.full((1, 1), self.layout.pad_id, dtype=torch.int64),
-                "targets": torch.full((1, 1), IGNORE, dtype=torch.int64),
-                "frame": torch.full((1, 1), -1, dtype=torch.int64)}
+        """An empty micro-batch: one padding position with no target (and nothing to resample)."""
+        out = {"tokens": torch.full((1, 1), self.layout.pad_id, dtype=torch.int64),
+               "targets": torch.full((1, 1), IGNORE, dtype=torch.int64),
+               "frame": torch.full((1, 1), -1, dtype=torch.int64)}
+        if self.self_context > 0:
+            out["resample"] = torch.full((1, 1), -1.0)
+        return out
 
     def next_step(self) -> list[dict[str, torch.Tensor]]:
         """This rank's micro-batches of the next global batch (as many on every rank)."""
@@ -142,7 +170,7 @@ class TokenLoader:
         _, futures, extra = self._next
         self._next = self._fetch()  # prefetch while this batch is collated and trained on
         return [collate([f.result() for f in fs], self.layout, [d for d, _ in e], self.latent_grid,
-                        self.context_noise, [s for _, s in e]) if fs else self._empty()
+                        self.context_noise, [s for _, s in e], self.self_context) if fs else self._empty()
                 for fs, e in zip(futures, extra)]
 
     def __iter__(self):

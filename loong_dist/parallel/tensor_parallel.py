@@ -15,6 +15,7 @@ vocabulary range) lives whole on one rank. A fused layer that stacks matrices (S
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from megatron.core import ModelParallelConfig
 from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                                            copy_to_tensor_model_parallel_region, vocab_parallel_cross_entropy)
@@ -97,8 +98,17 @@ def megatron_spec(groups: ParallelGroups, params_dtype: torch.dtype = torch.floa
     def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
         return vocab_parallel_cross_entropy(logits, targets)
 
+    def gather_logits(logits: Tensor) -> Tensor:
+        """All-gather of the split vocabulary (torch.distributed's, not megatron's mapping: that one
+        allocates its output on the current CUDA device, and the CPU layouts run on gloo)."""
+        if groups.tp_size == 1:
+            return logits
+        parts = [torch.empty_like(logits) for _ in range(groups.tp_size)]
+        dist.all_gather(parts, logits.contiguous(), group=group)
+        return torch.cat(parts, dim=-1)
+
     return LayerSpec(column_linear=column, row_linear=row, embedding=embedding, lm_head=head,
-                     cross_entropy=cross_entropy)
+                     cross_entropy=cross_entropy, gather_logits=gather_logits)
 
 
 def shard_dim(module: nn.Module) -> int | None:

@@ -98,6 +98,9 @@ RECOMMENDED_GENERATION = ("temperature", "top_k", "top_p", "cfg_scale", "window_
 """Sampling settings an export carries (the stage config's `generate` section): jobs.generate
 uses them unless told otherwise."""
 
+DRAW_PART = 2048
+"""train.self_context: places whose logits are alive at once in the drawing pass (x the vocabulary)."""
+
 
 def recommended_generation(gen: GenerateConfig) -> dict:
     return {k: getattr(gen, k) for k in RECOMMENDED_GENERATION}
@@ -167,7 +170,8 @@ class Trainer:
         self.loader = TokenLoader(index, self.layout, cfg.train.token_budget, groups.dp_rank, groups.dp_size,
                                   cfg.run.seed, cfg.train.latent_frames or None, self.storage, cfg.train.loader_workers,
                                   cfg.train.mix or None, cfg.train.caption_dropout, cfg.train.global_batch_tokens,
-                                  cfg.model.latent_grid if cfg.model.rope == "3d" else None, cfg.train.context_noise)
+                                  cfg.model.latent_grid if cfg.model.rope == "3d" else None, cfg.train.context_noise,
+                                  cfg.train.self_context)
         if cfg.loss.mode == "frame_groups":
             self.boundaries, self.weights = list(cfg.loss.boundaries), list(cfg.loss.weights)
         else:  # one group: the plain token mean
@@ -400,6 +404,21 @@ class Trainer:
             return self.loader.next_step()
         return [b for _ in range(self.cfg.optim.grad_accum_steps) for b in self.loader.next_step()]
 
+    def _self_context(self, tokens: torch.Tensor, resample: torch.Tensor) -> torch.Tensor:
+        """train.self_context: the inputs with the places where `resample` >= 0 replaced by the model's
+        own draws there (`Transformer.draw_inputs`, temperature 1 among the video tokens, the uniform
+        given). Every rank runs the pass, places or not, and sends them through the head in as many parts
+        (of at most DRAW_PART places) as the rank with the most: under ZeRO-3 each call is collective."""
+        rows, cols = torch.nonzero(resample >= 0, as_tuple=True)
+        parts = torch.tensor([max(1, -(-len(rows) // DRAW_PART))], device=tokens.device)
+        if dist.is_initialized() and self.groups.dp_size > 1:
+            dist.all_reduce(parts, op=dist.ReduceOp.MAX, group=self.groups.dp_group)
+        drawn = self.engine.module.draw_inputs(tokens, rows, cols, resample[rows, cols], self.layout.video_offset,
+                                               self.layout.vocab_size, int(parts))
+        out = tokens.clone()
+        out[rows, cols] = drawn
+        return out
+
     def train_step(self) -> StepStats:
         """One optimizer step over this rank's micro-batches (`_step_batches`) on every rank.
 
@@ -420,6 +439,8 @@ class Trainer:
         # loss sums, token counts per latent frame: (2, n_frames)
         frames = torch.zeros(2, self.n_frames, dtype=torch.float64, device=self.groups.device)
         for batch, group in zip(batches, groups):
+            if "resample" in batch:
+                batch["tokens"] = self._self_context(batch["tokens"], batch.pop("resample"))
             per_token = self.engine(batch["tokens"], batch["targets"])  # (b, s), 0 where ignored
             share = combine(group_sums(per_token, group, n), counts, self.weights)  # this micro-batch's part
             self.engine.backward(share * dp, scale_wrt_gas=False)

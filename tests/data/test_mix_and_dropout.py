@@ -1,5 +1,5 @@
-"""Stage mixing ratios over latent-frame buckets, caption dropout and context noise: the shares drawn,
-exact resume, the same draws on any layout, dropped captions built as the empty text."""
+"""Stage mixing ratios over latent-frame buckets, caption dropout, context noise and self-context places:
+the shares drawn, exact resume, the same draws on any layout, dropped captions built as the empty text."""
 
 import numpy as np
 import pytest
@@ -128,4 +128,36 @@ def test_context_noise_replaces_video_inputs_by_the_samples_codes_and_resumes_on
             split.update(_rows(r.next_step()))
         assert split == _rows(got)
     for x in (noisy, clean, again, *ranks):
+        x.close()
+
+
+def test_self_context_places_only_video_inputs_at_its_share_and_leaves_the_noise_as_it_was(tmp_path):
+    write_shards(Storage(), str(tmp_path), make_samples(60))
+    index = ShardIndex.load(str(tmp_path))
+    share = 0.25
+
+    def loader(self_context, rank=0, ranks=1):
+        return TokenLoader(index, LAYOUT, token_budget=800, dp_rank=rank, dp_size=ranks, seed=1, workers=2,
+                           caption_dropout=0.2, global_tokens=1600, context_noise=0.1, self_context=self_context)
+
+    with_places, without = loader(share), loader(0.0)
+    steps = [(with_places.next_step(), without.next_step()) for _ in range(10)]
+    hits = video = 0
+    for got, want in steps:
+        for g, w in zip(got, want):
+            assert "resample" not in w and all(torch.equal(g[k], w[k]) for k in w)  # the noise is unchanged
+            is_video = (g["tokens"] >= LAYOUT.video_offset) & (g["tokens"] < LAYOUT.vocab_size)
+            u = g["resample"]
+            assert u.dtype == torch.float32 and (u[~is_video] == -1).all()  # text, <bov>, padding: kept
+            assert ((u[is_video] == -1) | ((u[is_video] >= 0) & (u[is_video] < 1))).all()
+            hits += int((u >= 0).sum())
+            video += int(is_video.sum())
+    assert video > 5000 and abs(hits - share * video) < 4 * np.sqrt(video * share * (1 - share))
+    state = with_places.state_dict()
+    later = [with_places.next_step() for _ in range(2)]
+    again = loader(share)
+    again.load_state_dict(state)
+    for want in later:
+        assert all(torch.equal(g[k], w[k]) for g, w in zip(again.next_step(), want) for k in w)
+    for x in (with_places, without, again):
         x.close()

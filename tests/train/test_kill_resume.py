@@ -34,7 +34,7 @@ def _command(shards, out, *extra):
             "model.size=tiny", "model.max_seq_len=512", "parallel.precision=fp32", "train.token_budget=700",
             f"train.save_every={SAVE_EVERY}", f"optim.steps={STEPS}", "optim.warmup_steps=2", "optim.lr=1e-2",
             "train.loader_workers=2", "train.caption_dropout=0.3", "train.context_noise=0.1", "loss.mode=frame_groups",
-            "loss.boundaries=[1,3]", "loss.weights=[2.0,1.0,0.5]"]
+            "loss.boundaries=[1,3]", "loss.weights=[2.0,1.0,0.5]", "train.self_context=0.2"]
 
 
 def _lines(path: Path) -> list[dict]:

@@ -50,7 +50,7 @@ def _cfg(shards, out, extra):
                               "optim.lr=1e-2", "optim.warmup_steps=1", "optim.steps=4", "train.loader_workers=1",
                               "run.seed=3", "loss.mode=frame_groups", "loss.boundaries=[1,3]",
                               "loss.weights=[2.0,1.0,0.5]", "train.caption_dropout=0.3", "train.context_noise=0.1",
-                              *extra])
+                              "train.self_context=0.2", *extra])
 
 
 def _worker(shards, out, extra):

@@ -66,6 +66,9 @@ class LayerSpec:
     level table, each id's row is its own plus the sum of its levels' vectors."""
     cross_entropy: Callable[[Tensor, Tensor], Tensor]
     """(logits (..., v), targets (...)) -> per-token loss (...); under TP over split logits."""
+    gather_logits: Callable[[Tensor], Tensor]
+    """The head's logits (..., v) as they come out -> the whole vocabulary's on every rank (under TP an
+    all-gather over the split; without, the identity)."""
 
 
 class CodeLevelRows:
@@ -125,7 +128,7 @@ def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 LOCAL_SPEC = LayerSpec(column_linear=_linear, row_linear=_linear, embedding=_embedding, lm_head=_head,
-                       cross_entropy=_cross_entropy)
+                       cross_entropy=_cross_entropy, gather_logits=lambda logits: logits)
 
 
 def normal_init(std: float) -> Init:
@@ -455,23 +458,9 @@ class Transformer(nn.Module):
     def forward(self, tokens: Tensor, targets: Tensor | None = None, cache: KVCache | None = None,
                 last_only: bool = False) -> Tensor:
         b, s = tokens.shape
-        start = cache.pos if cache is not None else 0
-        if start + s > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + s} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
-        cos, sin, q_cos, q_sin = self.rotary(tokens, start, cache)
-        x = self.embed(tokens)  # (b, s, h)
-        for i, block in enumerate(self.blocks):
-            if cache is not None:
-                x = block(x, cos, sin, cache, i, q_cos, q_sin)
-            elif self.checkpoint_activations and self.training:
-                x = checkpoint(block, x, cos, sin, None, 0, q_cos, q_sin, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, None, 0, q_cos, q_sin)
-        if cache is not None:
-            cache.pos += s
+        h = self.hidden(tokens, cache)  # (b, s, h)
         if last_only:  # a prompt's prefill needs the next-token logits of its last position only
-            x = x[:, -1:]  # (b, 1, h)
-        h = self.norm(x)  # (b, s, h)
+            h = h[:, -1:]  # (b, 1, h)
         if targets is None:
             return self.logits(h)  # (b, s, v)
         valid = targets != IGNORE
@@ -483,6 +472,49 @@ class Transformer(nn.Module):
             loss = torch.cat([checkpoint(self._token_loss, h[:, i:i + chunk], safe[:, i:i + chunk], use_reentrant=False)
                               for i in range(0, s, chunk)], dim=1)
         return loss * valid
+
+    def hidden(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        """tokens (b, s) -> the last block's normed hidden states (b, s, h), what the head reads."""
+        start, s = cache.pos if cache is not None else 0, tokens.shape[1]
+        if start + s > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + s} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        cos, sin, q_cos, q_sin = self.rotary(tokens, start, cache)
+        x = self.embed(tokens)  # (b, s, h)
+        for i, block in enumerate(self.blocks):
+            if cache is not None:
+                x = block(x, cos, sin, cache, i, q_cos, q_sin)
+            elif self.checkpoint_activations and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, None, 0, q_cos, q_sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, None, 0, q_cos, q_sin)
+        if cache is not None:
+            cache.pos += s
+        return self.norm(x)
+
+    @torch.no_grad()
+    def draw_inputs(self, tokens: Tensor, rows: Tensor, cols: Tensor, uniforms: Tensor, lo: int, hi: int,
+                    parts: int = 1) -> Tensor:
+        """The model's own draw of the tokens at (rows, cols) (n,) of `tokens` (b, s), each from its
+        prediction at the index before (teacher-forced: one pass over `tokens` as they are), among ids
+        [lo, hi) at temperature 1: the id where uniforms (n,) in [0, 1) falls on the cumulative
+        distribution. Returns ids (n,) int64.
+
+        The places go through the head in `parts` parts (the logits of one alive at a time), and the
+        head is called once per part even when it is empty: under ZeRO-3 every call gathers the head's
+        weights from all data-parallel ranks, so every rank must make as many (the caller agrees them)."""
+        if bool((cols < 1).any()):
+            raise ValueError("draw_inputs: index 0 has no prediction before it")
+        h = self.hidden(tokens)[rows, cols - 1]  # (n, h)
+        out = torch.empty(len(rows), dtype=torch.long, device=tokens.device)
+        for part in torch.arange(len(rows), device=tokens.device).tensor_split(parts):
+            logits = self.logits(h[part])  # (c, v) or this rank's split of v
+            if len(part) == 0:  # the same on every TP rank of the group: they hold the same batch
+                continue
+            probs = self.spec.gather_logits(logits)[:, lo:hi].float().softmax(-1)  # (c, hi - lo)
+            cdf = probs.cumsum(-1)
+            u = uniforms[part, None].to(cdf.dtype) * cdf[:, -1:]
+            out[part] = torch.searchsorted(cdf, u).clamp(max=hi - lo - 1)[:, 0] + lo
+        return out
 
     def _token_loss(self, h: Tensor, targets: Tensor) -> Tensor:
         """(b, c, h) hidden states, (b, c) targets -> (b, c) cross-entropy, the logits in float32."""

@@ -183,6 +183,32 @@ def test_loss_ignores_text_and_matches_cross_entropy(model):
     assert (loss[~valid] == 0).all()
 
 
+def test_draw_inputs_is_the_inverse_cdf_of_the_teacher_forced_prediction(model):
+    """train.self_context's draws: place (r, c) gets the id where u falls on the cumulative softmax of
+    the logits at (r, c - 1) over [lo, hi), computed here from the full forward pass in float64."""
+    torch.manual_seed(1)
+    tokens = torch.randint(0, 384, (2, 40))
+    rows, cols = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([1, 17, 5, 30, 39])
+    u = torch.tensor([0.0, 0.3, 0.5, 0.9, 0.999999])
+    lo, hi = 300, 364
+    drawn = model.draw_inputs(tokens, rows, cols, u, lo, hi, parts=3)
+    with torch.no_grad():
+        probs = model(tokens)[rows, cols - 1, lo:hi].double().softmax(-1).numpy()
+    want = [lo + min(int(np.sum(np.cumsum(p) < x)), hi - lo - 1) for p, x in zip(probs, u.tolist())]
+    assert drawn.tolist() == want
+    # over many uniforms the draws follow the prediction (chi-square at one place)
+    n = 20000
+    many = model.draw_inputs(tokens, torch.zeros(n, dtype=torch.long), torch.full((n,), 9), torch.rand(n), lo, hi)
+    counts = np.bincount(many.numpy() - lo, minlength=hi - lo)
+    with torch.no_grad():
+        expect = n * model(tokens)[0, 8, lo:hi].double().softmax(-1).numpy()
+    keep = expect > 5
+    chi2 = float(((counts[keep] - expect[keep]) ** 2 / expect[keep]).sum())
+    assert counts[~keep].sum() <= max(20, 3 * expect[~keep].sum()) and chi2 < keep.sum() + 6 * np.sqrt(2 * keep.sum())
+    with pytest.raises(ValueError, match="index 0"):
+        model.draw_inputs(tokens, torch.tensor([0]), torch.tensor([0]), torch.tensor([0.5]), lo, hi)
+
+
 def test_activation_checkpointing_same_gradients(model):
     tokens = torch.randint(0, 384, (2, 24))
     targets = torch.randint(0, 384, (2, 24))
