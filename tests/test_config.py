@@ -134,10 +134,10 @@ def test_cpu_recipe_runs_every_job_with_its_variant_overrides(tmp_path):
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     jobs = [call[1] for call in calls]
     assert jobs == (["data_prep.synthetic"] * 3 + ["data_prep.text_tokenizer"] + ["data_prep.pretokenize"] * 3
-                    + ["jobs.train"] * 5)
+                    + ["jobs.train"] * 6)
     for call in calls:  # (the recipe runs from the repository's root)
         assert call[-2:] == variant, call
         load_config(str(ROOT / call[call.index("--config") + 1]), [a for a in call if "=" in a and a[0] != "-"])
     assert sorted(p.name for p in (tmp_path / "run").glob("*.done")) == [
         "data.done", "shards.done", "stage1.done", "stage2.done", "stage3.done", "stage3_more.done",
-        "stage3_noise.done"]
+        "stage3_noise.done", "stage3_noise_more.done"]

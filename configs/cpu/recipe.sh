@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU recipe end to end: the commands that make the shipped transformer checkpoints/t2v_cpu/.
 #   configs/cpu/recipe.sh RUN_DIR [STEP ...]   steps: data shards stage1 stage2 stage3 stage3_more stage3_noise
+#                                               stage3_noise_more
 #                                               (default: all)
 # Every step is resumable: run it again with the same RUN_DIR after an interruption and it goes on
 # (rendered clips and complete shards are kept, training resumes from checkpoints/latest). A step
@@ -10,7 +11,7 @@
 # recipe in its own RUN_DIR (e.g. RECIPE_SET="loss.mode=token_mean", the plain token mean).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ALL_STEPS="data shards stage1 stage2 stage3 stage3_more stage3_noise"
+ALL_STEPS="data shards stage1 stage2 stage3 stage3_more stage3_noise stage3_noise_more"
 [ $# -ge 1 ] || { echo "usage: $0 RUN_DIR [STEP ...], steps: $ALL_STEPS (default: all)" >&2; exit 2; }
 R=$(realpath -m "$1"); shift
 STEPS=${*:-$ALL_STEPS}
@@ -68,6 +69,10 @@ step_stage3_more() {  # stage 3 continued from its weights: other batches, half 
 step_stage3_noise() {  # and once more with context noise: other batches, 10% of the video inputs replaced
   $PY -m jobs.train --config configs/cpu/stage3_noise.yaml --shards "$SHARDS" --out "$R/stage3_noise" \
     train.init_from="$R/stage3_more" "${SET[@]}"
+}
+step_stage3_noise_more() {  # and 400 steps more of it: other batches
+  $PY -m jobs.train --config configs/cpu/stage3_noise_more.yaml --shards "$SHARDS" --out "$R/stage3_noise_more" \
+    train.init_from="$R/stage3_noise" "${SET[@]}"
 }
 
 for s in $STEPS; do
