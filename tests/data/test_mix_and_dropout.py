@@ -88,14 +88,22 @@ def _rows(micro_batches):
     return out
 
 
+def _loaders(folder, **fixed):
+    """Shards of 60 samples in `folder` -> a maker of loaders over them: (rank, ranks, **options)."""
+    write_shards(Storage(), str(folder), make_samples(60))
+    index = ShardIndex.load(str(folder))
+
+    def make(rank=0, ranks=1, **options):
+        return TokenLoader(index, LAYOUT, token_budget=800, dp_rank=rank, dp_size=ranks, seed=1, workers=2,
+                           caption_dropout=0.2, global_tokens=1600, **fixed, **options)
+    return make
+
+
 def test_context_noise_replaces_video_inputs_by_the_samples_codes_and_resumes_on_any_layout(tmp_path):
-    write_shards(Storage(), str(tmp_path), make_samples(60))
-    index = ShardIndex.load(str(tmp_path))
-    share = 0.3
+    make, share = _loaders(tmp_path), 0.3
 
     def loader(noise, rank=0, ranks=1):
-        return TokenLoader(index, LAYOUT, token_budget=800, dp_rank=rank, dp_size=ranks, seed=1, workers=2,
-                           caption_dropout=0.2, global_tokens=1600, context_noise=noise)
+        return make(rank, ranks, context_noise=noise)
 
     noisy, clean = loader(share), loader(0.0)
     steps = [(noisy.next_step(), clean.next_step()) for _ in range(10)]
@@ -132,13 +140,10 @@ def test_context_noise_replaces_video_inputs_by_the_samples_codes_and_resumes_on
 
 
 def test_self_context_places_only_video_inputs_at_its_share_and_leaves_the_noise_as_it_was(tmp_path):
-    write_shards(Storage(), str(tmp_path), make_samples(60))
-    index = ShardIndex.load(str(tmp_path))
-    share = 0.25
+    make, share = _loaders(tmp_path, context_noise=0.1), 0.25
 
-    def loader(self_context, rank=0, ranks=1):
-        return TokenLoader(index, LAYOUT, token_budget=800, dp_rank=rank, dp_size=ranks, seed=1, workers=2,
-                           caption_dropout=0.2, global_tokens=1600, context_noise=0.1, self_context=self_context)
+    def loader(self_context):
+        return make(self_context=self_context)
 
     with_places, without = loader(share), loader(0.0)
     steps = [(with_places.next_step(), without.next_step()) for _ in range(10)]
