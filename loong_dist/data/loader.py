@@ -49,11 +49,16 @@ from loong_dist.io.storage import Storage
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
 
 
+def video_places(tokens: np.ndarray, layout: VocabLayout) -> np.ndarray:
+    """Indices of one sample's video tokens (the places context noise and self-context may change)."""
+    return np.flatnonzero((tokens >= layout.video_offset) & (tokens < layout.vocab_size))
+
+
 def noisy_context(tokens: np.ndarray, layout: VocabLayout, share: float, rng: np.random.Generator) -> np.ndarray:
     """tokens (L,) one sample's inputs -> a copy in which each video token is, with probability
     `share`, replaced by one of the sample's distinct video tokens drawn uniformly (possibly itself).
     Text, <bov> and the targets are untouched."""
-    video = np.flatnonzero((tokens >= layout.video_offset) & (tokens < layout.vocab_size))
+    video = video_places(tokens, layout)
     out = tokens.copy()
     if share <= 0 or len(video) == 0:
         return out
@@ -67,7 +72,7 @@ def self_context_places(tokens: np.ndarray, layout: VocabLayout, share: float, r
     a uniform in [0, 1) with which the trainer draws the model's own token there (the "resample"
     entry of a batch, `Transformer.draw_inputs`); -1 elsewhere (text, <bov>, the places kept)."""
     out = np.full(len(tokens), -1.0, np.float32)
-    video = np.flatnonzero((tokens >= layout.video_offset) & (tokens < layout.vocab_size))
+    video = video_places(tokens, layout)
     hit = video[rng.random(len(video)) < share] if share > 0 else video[:0]
     out[hit] = rng.random(len(hit))
     return out
