@@ -66,3 +66,25 @@ def test_to_s3_and_bad_arguments(trained, s3_bucket, s3_storage):
                            "generate.top_kk=3"])
     with pytest.raises(UserError, match="nope.safetensors: model file not found"):
         export_model.main(["--from", "nope.safetensors", "--to", "x.safetensors"])
+
+
+def test_average_is_the_mean_of_the_runs_weights_and_refuses_another_model(trained, tmp_path):
+    src, extra = trained
+    cfg, layout, _ = read_model_meta(src)
+    torch.manual_seed(1)
+    other = tmp_path / "other.safetensors"
+    save_model(Transformer(cfg, layout.padded_vocab_size).state_dict(), cfg, layout, other, dict(extra, step=9))
+    dst = tmp_path / "soup.safetensors"
+    assert export_model.main(["--from", str(src), "--average", str(other), "--to", str(dst), "--dtype", "fp32"]) == 0
+    a, b, got = _tensors(src), _tensors(other), _tensors(dst)
+    assert set(got) == set(a)
+    for k in a:
+        want = (a[k].numpy().astype("float64") + b[k].numpy().astype("float64")) / 2
+        assert got[k].dtype == a[k].dtype and torch.equal(got[k], torch.from_numpy(want).to(a[k].dtype)), k
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # (the two runs differ)
+    meta = read_model_meta(dst)[2]
+    assert meta["averaged_with"] == [str(other)] and meta["step"] == extra["step"]  # the rest is --from's
+    wide = ModelConfig(size="tiny", max_seq_len=128)
+    save_model(Transformer(wide, layout.padded_vocab_size).state_dict(), wide, layout, tmp_path / "w.safetensors", extra)
+    with pytest.raises(UserError, match="--average .*w.safetensors: its model config"):
+        export_model.main(["--from", str(src), "--average", str(tmp_path / "w.safetensors"), "--to", str(dst)])
