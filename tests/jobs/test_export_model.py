@@ -85,6 +85,7 @@ def test_average_is_the_mean_of_the_runs_weights_and_refuses_another_model(train
     meta = read_model_meta(dst)[2]
     assert meta["averaged_with"] == [str(other)] and meta["step"] == extra["step"]  # the rest is --from's
     wide = ModelConfig(size="tiny", max_seq_len=128)
-    save_model(Transformer(wide, layout.padded_vocab_size).state_dict(), wide, layout, tmp_path / "w.safetensors", extra)
+    wide_model = Transformer(wide, layout.padded_vocab_size).state_dict()
+    save_model(wide_model, wide, layout, tmp_path / "w.safetensors", extra)
     with pytest.raises(UserError, match="--average .*w.safetensors: its model config"):
         export_model.main(["--from", str(src), "--average", str(tmp_path / "w.safetensors"), "--to", str(dst)])
