@@ -36,15 +36,14 @@ def _tensors(path: Path) -> dict:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
-def average(src: Path, others: dict[str, Path]) -> dict:
-    """The uniform mean of the weights of `src` and of each of `others` (name -> local file), in the
-    dtype of `src`'s tensors; a file that does not match `src` is a one-line error naming it."""
+def average(tensors: dict, cfg, layout, others: dict[str, Path]) -> dict:
+    """The uniform mean of `tensors` (--from's, with its model config and layout) and the weights of
+    each of `others` (name -> local file), in the dtype of `tensors`; a file that does not match is a
+    one-line error naming it."""
     import torch
 
     from loong_dist.models.ar.checkpoint import read_model_meta
 
-    cfg, layout, _ = read_model_meta(src)
-    tensors = _tensors(src)
     sums = {k: v.double() for k, v in tensors.items() if v.is_floating_point()}
     for name, path in others.items():
         other_cfg, other_layout, _ = read_model_meta(path)
@@ -76,8 +75,9 @@ def export(src: Path, dst: str, dtype: str, generate: dict, storage: Storage,
     from loong_dist.models.ar.checkpoint import read_model_meta, save_model
 
     cfg, layout, extra = read_model_meta(src)
-    tensors = average(src, others) if others else _tensors(src)
+    tensors = _tensors(src)
     if others:
+        tensors = average(tensors, cfg, layout, others)
         extra = dict(extra, averaged_with=list(others))
     cast = getattr(torch, DTYPES[dtype])
     tensors = {k: v.to(cast) if v.is_floating_point() else v for k, v in tensors.items()}
