@@ -249,7 +249,8 @@ class Trainer:
             except RuntimeError as e:
                 raise ConfigError(f"config: train.init_from={str(path)!r}: weights do not fit model "
                                   f"{self.cfg.model.size} ({str(e).splitlines()[1].strip()})") from None
-        log.info("initialised from %s (%s)", path, extra)
+        shown = {k: f"<{len(v):,} chars>" if isinstance(v, str) and len(v) > 120 else v for k, v in extra.items()}
+        log.info("initialised from %s (%s)", path, shown)  # the carried text tokenizer is kilobytes of base64
 
     def _init_optimizer(self, run: str) -> None:
         """Also take the previous stage's optimizer state (Adam's moments and step count from its
