@@ -96,10 +96,19 @@ def destroy_parallel(keep_process_group: bool = False) -> None:
 
 
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (for a local rendezvous)."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, for servers that take a port number (a Ray
+    head). Another process may take it before the server binds it: a rendezvous uses `rendezvous_store`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def rendezvous_store() -> dist.TCPStore:
+    """The rendezvous store of a launch on this machine, hosted by the launcher as torchrun's agent
+    hosts it: it binds a port the OS picks as it binds (`.port`), so no other process can take that port
+    between choosing and binding it (a `free_port` chosen for rank 0 to bind later can be: EADDRINUSE).
+    The ranks connect to it as clients (`launcher_variables`); keep it alive until they are done."""
+    return dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
 
 
 PRELOAD = ["torch", "deepspeed", "megatron.core", "loong_dist.train.trainer"]
@@ -120,17 +129,18 @@ def _start_method() -> str:
     return "forkserver"
 
 
-def _launcher_variables(rank: int, world: int, port: int) -> dict[str, str]:
-    """What torchrun sets for a rank on this machine."""
+def launcher_variables(rank: int, world: int, port: int) -> dict[str, str]:
+    """What torchrun sets for a rank on this machine, the rendezvous store (`rendezvous_store`) at
+    127.0.0.1:`port` hosted by the launcher, not by rank 0."""
     return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank)}
+            "LOCAL_RANK": str(rank), "TORCHELASTIC_USE_AGENT_STORE": "True"}
 
 
 def _local_rank(rank: int, world: int, port: int, fn: Callable, args: tuple, errors: str,
                 env: dict[str, str], cwd: str) -> None:
     os.chdir(cwd)  # the launcher's folder and environment now, not the fork server's from when it started
     os.environ.clear()
-    os.environ.update(env, **_launcher_variables(rank, world, port))
+    os.environ.update(env, **launcher_variables(rank, world, port))
     try:
         fn(*args)
     except UserError as e:  # hand the one-line message to the parent, leave without a traceback
@@ -146,10 +156,11 @@ def launch_local(fn: Callable, nprocs: int, *args) -> None:
     be importable (a module-level function)."""
     import torch.multiprocessing as mp
 
+    store = rendezvous_store()
     with tempfile.TemporaryDirectory(prefix="loong-ranks-") as errors:
         try:
             launcher = (errors, dict(os.environ), os.getcwd())
-            mp.start_processes(_local_rank, args=(nprocs, free_port(), fn, args, *launcher), nprocs=nprocs, join=True,
+            mp.start_processes(_local_rank, args=(nprocs, store.port, fn, args, *launcher), nprocs=nprocs, join=True,
                                start_method=_start_method())
         except mp.ProcessExitedException:
             first = sorted(Path(errors).glob("rank*"))
@@ -160,10 +171,21 @@ def launch_local(fn: Callable, nprocs: int, *args) -> None:
 
 def run_ranks_here(fn: Callable, nprocs: int, *args) -> None:
     """A job's ranks on this machine: one runs in this very process, as rank 0 of 1 with the
-    launcher variables set (no second interpreter to start); more are started by `launch_local`."""
+    launcher variables set while it runs (no second interpreter to start); more are started by
+    `launch_local`."""
     if nprocs != 1:
         launch_local(fn, nprocs, *args)
         return
-    os.environ.update(_launcher_variables(0, 1, free_port()))
-    fn(*args)
+    store = rendezvous_store()
+    variables = launcher_variables(0, 1, store.port)
+    before = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        fn(*args)
+    finally:  # no launcher variables left behind for a store that is gone (a second job in this process)
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
 

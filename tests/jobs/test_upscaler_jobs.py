@@ -21,7 +21,7 @@ from loong_dist.io.video import probe_video, read_clip
 from loong_dist.models.tokenizer import VideoTokenizer, save_tokenizer
 from loong_dist.models.upscaler import VideoUpscaler, load_upscaler, save_upscaler
 from loong_dist.models.upscaler.model import bicubic_kernel
-from loong_dist.parallel.process_groups import free_port
+from loong_dist.parallel.process_groups import launcher_variables, rendezvous_store
 from tests.inference.test_generate_job import CAPTIONS, args, files  # noqa: F401  (files: a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,11 +32,15 @@ TINY = ["upscaler.channels=8", "upscaler.blocks=1", "upscaler.hidden_channels=4"
         "run.log_every=1", "parallel.precision=fp32"]
 
 
+_STORES = []
+"""The rendezvous stores this module hosts for its single-rank jobs, as torchrun hosts one per launch."""
+
+
 def _launcher_env() -> dict:
     """One rank as a launcher (torchrun, Ray Train) starts it: the job runs in its own process
     instead of spawning one (half the start-up time)."""
-    return {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    _STORES.append(rendezvous_store())
+    return {**os.environ, **launcher_variables(0, 1, _STORES[-1].port), "OMP_NUM_THREADS": "1"}
 
 
 def _start(*args) -> subprocess.Popen:
