@@ -18,6 +18,7 @@ loader is compared with one rank's step (the demo runs two ranks, each consuming
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import time
@@ -67,29 +68,27 @@ def loader_rate(loader: TokenLoader, layout: VocabLayout, seconds: float) -> tup
 
 def step_rate(cfg, layout: VocabLayout, batches: list[dict], steps: int, warmup: int = 2) -> float:
     from loong_dist.parallel.engine import build_engine, build_model
-    from loong_dist.parallel.process_groups import destroy_parallel, free_port, init_parallel
+    from loong_dist.parallel.process_groups import destroy_parallel, init_parallel, one_local_rank
 
-    if "RANK" not in os.environ:  # one local rank
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
-                          LOCAL_RANK="0")
-    groups = init_parallel(1)
-    try:
-        torch.manual_seed(0)
-        engine = build_engine(build_model(cfg.model, layout.padded_vocab_size, groups, cfg.parallel), cfg, groups)
-        order = [batches[i % len(batches)] for i in range(warmup + steps)]
-        tokens, t0 = 0, None
-        for i, batch in enumerate(order):
-            if i == warmup:
-                t0 = time.perf_counter()
-            per_token = engine(batch["tokens"], batch["targets"])  # (b, s), 0 where ignored
-            loss = per_token.sum() / (batch["targets"] != IGNORE).sum().clamp(min=1)
-            engine.backward(loss)
-            engine.step()
-            if i >= warmup:
-                tokens += non_pad(batch, layout)
-        return tokens / (time.perf_counter() - t0)
-    finally:
-        destroy_parallel()
+    with contextlib.nullcontext() if "RANK" in os.environ else one_local_rank():  # a launcher's rank, or one here
+        groups = init_parallel(1)
+        try:
+            torch.manual_seed(0)
+            engine = build_engine(build_model(cfg.model, layout.padded_vocab_size, groups, cfg.parallel), cfg, groups)
+            order = [batches[i % len(batches)] for i in range(warmup + steps)]
+            tokens, t0 = 0, None
+            for i, batch in enumerate(order):
+                if i == warmup:
+                    t0 = time.perf_counter()
+                per_token = engine(batch["tokens"], batch["targets"])  # (b, s), 0 where ignored
+                loss = per_token.sum() / (batch["targets"] != IGNORE).sum().clamp(min=1)
+                engine.backward(loss)
+                engine.step()
+                if i >= warmup:
+                    tokens += non_pad(batch, layout)
+            return tokens / (time.perf_counter() - t0)
+        finally:
+            destroy_parallel()
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ hits both sides alike instead of whichever ran while it lasted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -128,11 +129,15 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=8192 + 512, help="text + video ids (padded to 128 by the layout)")
     args = p.parse_args()
 
-    from loong_dist.parallel.process_groups import destroy_parallel, free_port, init_parallel
+    from loong_dist.parallel.process_groups import one_local_rank
 
-    if "RANK" not in os.environ:  # one local rank
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
-                          LOCAL_RANK="0")
+    with contextlib.nullcontext() if "RANK" in os.environ else one_local_rank():  # a launcher's rank, or one here
+        run(args)
+
+
+def run(args) -> None:
+    """The benchmark, as rank 0 of the process group it starts."""
+    from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
 
     groups = init_parallel(1)
     vocab = (args.vocab + 127) // 128 * 128

@@ -11,7 +11,8 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,13 +177,22 @@ def run_ranks_here(fn: Callable, nprocs: int, *args) -> None:
     if nprocs != 1:
         launch_local(fn, nprocs, *args)
         return
+    with one_local_rank():
+        fn(*args)
+
+
+@contextmanager
+def one_local_rank() -> Iterator[None]:
+    """This process as rank 0 of 1 while the block runs: the launcher variables set and their
+    rendezvous store hosted here, then both gone (no `MASTER_PORT` left behind for a store that is
+    gone, should a second job run in this process)."""
     store = rendezvous_store()
     variables = launcher_variables(0, 1, store.port)
     before = {k: os.environ.get(k) for k in variables}
     os.environ.update(variables)
     try:
-        fn(*args)
-    finally:  # no launcher variables left behind for a store that is gone (a second job in this process)
+        yield
+    finally:
         for k, v in before.items():
             if v is None:
                 os.environ.pop(k)
