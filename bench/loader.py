@@ -18,7 +18,6 @@ loader is compared with one rank's step (the demo runs two ranks, each consuming
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import time
@@ -31,6 +30,7 @@ from loong_dist.data.loader import TokenLoader
 from loong_dist.data.shards import Sample, ShardIndex, ShardWriter, write_index
 from loong_dist.io.storage import Storage, join
 from loong_dist.models.ar.layout import IGNORE, VocabLayout
+from loong_dist.parallel.process_groups import one_local_rank
 
 
 def write_demo_shards(storage: Storage, folder: str, n: int, size: int, frames: list[int], codebook: int,
@@ -68,27 +68,26 @@ def loader_rate(loader: TokenLoader, layout: VocabLayout, seconds: float) -> tup
 
 def step_rate(cfg, layout: VocabLayout, batches: list[dict], steps: int, warmup: int = 2) -> float:
     from loong_dist.parallel.engine import build_engine, build_model
-    from loong_dist.parallel.process_groups import destroy_parallel, init_parallel, one_local_rank
+    from loong_dist.parallel.process_groups import destroy_parallel, init_parallel
 
-    with contextlib.nullcontext() if "RANK" in os.environ else one_local_rank():  # a launcher's rank, or one here
-        groups = init_parallel(1)
-        try:
-            torch.manual_seed(0)
-            engine = build_engine(build_model(cfg.model, layout.padded_vocab_size, groups, cfg.parallel), cfg, groups)
-            order = [batches[i % len(batches)] for i in range(warmup + steps)]
-            tokens, t0 = 0, None
-            for i, batch in enumerate(order):
-                if i == warmup:
-                    t0 = time.perf_counter()
-                per_token = engine(batch["tokens"], batch["targets"])  # (b, s), 0 where ignored
-                loss = per_token.sum() / (batch["targets"] != IGNORE).sum().clamp(min=1)
-                engine.backward(loss)
-                engine.step()
-                if i >= warmup:
-                    tokens += non_pad(batch, layout)
-            return tokens / (time.perf_counter() - t0)
-        finally:
-            destroy_parallel()
+    groups = init_parallel(1)
+    try:
+        torch.manual_seed(0)
+        engine = build_engine(build_model(cfg.model, layout.padded_vocab_size, groups, cfg.parallel), cfg, groups)
+        order = [batches[i % len(batches)] for i in range(warmup + steps)]
+        tokens, t0 = 0, None
+        for i, batch in enumerate(order):
+            if i == warmup:
+                t0 = time.perf_counter()
+            per_token = engine(batch["tokens"], batch["targets"])  # (b, s), 0 where ignored
+            loss = per_token.sum() / (batch["targets"] != IGNORE).sum().clamp(min=1)
+            engine.backward(loss)
+            engine.step()
+            if i >= warmup:
+                tokens += non_pad(batch, layout)
+        return tokens / (time.perf_counter() - t0)
+    finally:
+        destroy_parallel()
 
 
 def main() -> None:
@@ -138,7 +137,8 @@ def main() -> None:
                              workers=args.workers)
         load_tps, batches = loader_rate(loader, layout, args.seconds)
         loader.close()
-        step_tps = step_rate(cfg, layout, batches, args.steps)
+        with one_local_rank():  # its rendezvous hosted here, unless a launcher started this process
+            step_tps = step_rate(cfg, layout, batches, args.steps)
     finally:
         if server is not None:
             server.stop()

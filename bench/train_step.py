@@ -19,7 +19,6 @@ hits both sides alike instead of whichever ran while it lasted.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import time
@@ -131,7 +130,7 @@ def main() -> None:
 
     from loong_dist.parallel.process_groups import one_local_rank
 
-    with contextlib.nullcontext() if "RANK" in os.environ else one_local_rank():  # a launcher's rank, or one here
+    with one_local_rank():  # its rendezvous hosted here, unless a launcher started this process
         run(args)
 
 

@@ -185,7 +185,11 @@ def run_ranks_here(fn: Callable, nprocs: int, *args) -> None:
 def one_local_rank() -> Iterator[None]:
     """This process as rank 0 of 1 while the block runs: the launcher variables set and their
     rendezvous store hosted here, then both gone (no `MASTER_PORT` left behind for a store that is
-    gone, should a second job run in this process)."""
+    gone, should a second job run in this process). Under a launcher (torchrun, Ray Train: RANK
+    set) the process is one of its ranks already, and nothing changes."""
+    if "RANK" in os.environ:
+        yield
+        return
     store = rendezvous_store()
     variables = launcher_variables(0, 1, store.port)
     before = {k: os.environ.get(k) for k in variables}

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from loong_dist.errors import UserError
-from loong_dist.parallel.process_groups import launch_local, run_ranks_here
+from loong_dist.parallel.process_groups import launch_local, one_local_rank, run_ranks_here
 
 
 def _report(folder: str) -> None:
@@ -68,4 +68,16 @@ def test_ranks_rendezvous_at_a_port_the_launcher_bound_before_they_started(tmp_p
     before = dict(os.environ)
     run_ranks_here(_rendezvous, 1, str(tmp_path / "one"))
     assert json.loads((tmp_path / "one" / "rank0.json").read_text()) == {"port": "EADDRINUSE", "sum": 1.0}
+    assert dict(os.environ) == before
+
+
+def test_one_local_rank_leaves_a_launchers_rank_as_it_is(monkeypatch):
+    """Under torchrun or Ray Train (RANK set) the process is one of the launcher's ranks: no store
+    of its own, no variables changed."""
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    before = dict(os.environ)
+    with one_local_rank():
+        assert dict(os.environ) == before
     assert dict(os.environ) == before
