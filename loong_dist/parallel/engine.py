@@ -101,7 +101,7 @@ def deepspeed_config(cfg: Config, groups: ParallelGroups) -> dict:
         "bf16": {"enabled": bf16},
         "zero_optimization": {"stage": p.zero_stage},
         **fp32_gradients(cfg, bf16),
-        "optimizer": {"type": "AdamW", "params": optimizer_params(cfg, groups.device)},
+        "optimizer": {"type": "AdamW", "params": optimizer_params(cfg)},
         **({} if o.decay_steps else {"scheduler": {"type": "WarmupCosineLR", "params": {
             # DeepSpeed refuses 0 warm-up steps: no warm-up is one step that starts at the peak.
             "total_num_steps": o.steps, "warmup_num_steps": max(1, o.warmup_steps),
@@ -161,16 +161,17 @@ def fp32_gradients(cfg: Config, bf16: bool) -> dict:
     return out
 
 
-def optimizer_params(cfg: Config, device: torch.device) -> dict:
-    """DeepSpeed's AdamW parameters. On CUDA DeepSpeed uses its own FusedAdam. On CPU it takes
-    torch's AdamW (no compiled op needed) with `fused=True`: one kernel per parameter group,
-    where the default loop allocates several whole-partition temporaries (ZeRO hands the
-    optimizer one flat fp32 partition) and spent a quarter of a 125m step on them."""
+def optimizer_params(cfg: Config) -> dict:
+    """DeepSpeed's AdamW parameters, with torch's own AdamW (`torch_adam`) and `fused=True`: one
+    kernel per parameter group, on CUDA and on CPU alike. DeepSpeed's FusedAdam would be built
+    from source by every node at its first start (nvcc and ninja on each one), and 0.19.8's
+    builder fails on a `TORCH_CUDA_ARCH_LIST` with an arch suffix ("9.0a", set on an H200 image:
+    ValueError "invalid literal for int() ... '0a'"). On CPU torch's default loop allocates several
+    whole-partition temporaries (ZeRO hands the optimizer one flat fp32 partition) and spent a
+    quarter of a 125m step on them."""
     o = cfg.optim
-    params = {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay}
-    if device.type == "cpu":
-        params.update(torch_adam=True, fused=True)
-    return params
+    return {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay,
+            "torch_adam": True, "fused": True}
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
