@@ -2,10 +2,11 @@
 machine's own dense-math rate that the model's convs reach.
 
     python bench/upscaler.py [--frames 16] [--size 128] [--chunk 16] [--repeats 3] [--upscaler FILE]
+                             [--device auto|cpu|cuda]
 
 References, measured in the same run:
-- peak: the best of a 2048^3 matmul and a 64-channel 3x3 conv over a 128x128 frame (the model's
-  own widest op, at its size), fp32 (and bf16 where the device has it natively), measured before
+- peak: the best of a 2048^3 matmul (8192^3 on a GPU) and a 64-channel 3x3 conv over 128x128
+  frames (the model's own widest op, at its size), fp32 (and bf16 where the device has it natively), measured before
   and after the model timings (the best of both). The model's FLOPs are counted by a hook on every
   Conv2d (2 * output elements * in_channels * kernel area; the fixed linear base, a functional conv
   of under 1% of them, is left out); "share" = model conv FLOP/s / peak.
@@ -32,23 +33,27 @@ from loong_dist.models.upscaler import VideoUpscaler, load_upscaler
 from loong_dist.precision import native_bf16
 
 
-def best_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: oneDNN builds its kernels for these shapes
-    times = []
-    for _ in range(repeats):
+def best_seconds(fn, repeats: int, device: torch.device) -> float:
+    def timed() -> float:
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    timed()  # warm-up: oneDNN (cuDNN) picks and builds its kernels for these shapes
+    return min(timed() for _ in range(repeats))
 
 
-def peak_flops(dtype: torch.dtype, size: int, repeats: int) -> tuple[float, float]:
-    """(matmul FLOP/s, conv FLOP/s) of large dense ops in `dtype`."""
-    a = torch.randn(2048, 2048).to(dtype)
-    mm = 2 * 2048 ** 3 / best_seconds(lambda: a @ a, repeats)
-    x = torch.randn(4, 64, size, size).to(dtype)
-    w = (torch.randn(64, 64, 3, 3) * 0.02).to(dtype)
-    conv = 2 * 4 * size * size * 64 * 64 * 9 / best_seconds(lambda: F.conv2d(x, w, padding=1), repeats)
+def peak_flops(dtype: torch.dtype, size: int, repeats: int, device: torch.device) -> tuple[float, float]:
+    """(matmul FLOP/s, conv FLOP/s) of large dense ops in `dtype` on `device`: a 2048^3 matmul on
+    a CPU, 8192^3 on a GPU, and the model's widest conv at its size (4 frames on a CPU, 64 on a GPU)."""
+    n, frames = (8192, 64) if device.type == "cuda" else (2048, 4)
+    a = torch.randn(n, n, device=device).to(dtype)
+    mm = 2 * n ** 3 / best_seconds(lambda: a @ a, repeats, device)
+    x = torch.randn(frames, 64, size, size, device=device).to(dtype)
+    w = (torch.randn(64, 64, 3, 3, device=device) * 0.02).to(dtype)
+    conv = 2 * frames * size * size * 64 * 64 * 9 / best_seconds(lambda: F.conv2d(x, w, padding=1), repeats, device)
     return mm, conv
 
 
@@ -74,27 +79,31 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=4, help="frames per chunk in the chunked timing")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--upscaler", help="a saved upscaler (.safetensors); default: untrained default config")
+    parser.add_argument("--device", default="auto", help="auto: cuda where there is one, else cpu")
     args = parser.parse_args()
 
     keep_freed_memory()
     torch.manual_seed(0)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     up = load_upscaler(args.upscaler) if args.upscaler else VideoUpscaler(UpscalerConfig()).eval()
+    up.to(device)  # upscale() runs on the model's device; its uint8 frames go there and come back
     n, t, s = args.repeats, args.frames, args.size
     video = torch.randint(0, 256, (1, t, s, s, 3), dtype=torch.uint8)
     flops = conv_flops(up, lambda: up.upscale(video, t)) / t
     params = sum(p.numel() for p in up.parameters())
     print(f"upscaler: {params / 1e6:.2f}M parameters ({up.cfg.channels} channels, {up.cfg.blocks} blocks); "
           f"{t} frames {s}x{s} -> {4 * s}x{4 * s}; conv GFLOP per frame {flops / 1e9:.1f}")
-    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"torch threads {torch.get_num_threads()}"
+    print(f"device {device.type}: {where}, load average {os.getloadavg()[0]:.1f}")
 
-    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if native_bf16("cpu") else {})}
-    before = {name: peak_flops(dtype, s, 2 * n) for name, dtype in dtypes.items()}
-    whole = {name: best_seconds(lambda: up.upscale(video, t, bf16=name == "bf16"), n) for name in dtypes}
-    chunked = best_seconds(lambda: up.upscale(video, args.chunk), n)
-    x = video[0].permute(0, 3, 1, 2).float()  # (t, 3, s, s)
+    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if native_bf16(device.type) else {})}
+    before = {name: peak_flops(dtype, s, 2 * n, device) for name, dtype in dtypes.items()}
+    whole = {name: best_seconds(lambda: up.upscale(video, t, bf16=name == "bf16"), n, device) for name in dtypes}
+    chunked = best_seconds(lambda: up.upscale(video, args.chunk), n, device)
+    x = video[0].permute(0, 3, 1, 2).float().to(device)  # (t, 3, s, s)
     bicubic = best_seconds(lambda: F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
-                           .round().clamp(0, 255).to(torch.uint8), n)
-    after = {name: peak_flops(dtype, s, 2 * n) for name, dtype in dtypes.items()}
+                           .round().clamp(0, 255).to(torch.uint8), n, device)
+    after = {name: peak_flops(dtype, s, 2 * n, device) for name, dtype in dtypes.items()}
     for name in dtypes:
         mm, conv = map(max, before[name], after[name])  # best of both sides
         peak = max(mm, conv)
