@@ -6,10 +6,11 @@ machine's own dense-math rate that the model's convs reach.
 
 References, measured in the same run:
 - peak: the best of a 2048^3 matmul (8192^3 on a GPU) and a 64-channel 3x3 conv over 128x128
-  frames (the model's own widest op, at its size), fp32 (and bf16 where the device has it natively), measured before
-  and after the model timings (the best of both). The model's FLOPs are counted by a hook on every
-  Conv2d (2 * output elements * in_channels * kernel area; the fixed linear base, a functional conv
-  of under 1% of them, is left out); "share" = model conv FLOP/s / peak.
+  frames (the model's own widest op, at its size), fp32 (and bf16 where the device has it
+  natively), measured before and after the model timings (the best of both). The model's FLOPs
+  are counted by a hook on every Conv2d (2 * output elements * in_channels * kernel area; the
+  fixed linear base, a functional conv of under 1% of them, is left out); "share" = model conv
+  FLOP/s / peak.
 - chunking: the same frames upscaled in chunks of --chunk (what jobs.generate does for a minute of
   video, memory bounded by the chunk) against all at once; both give the same pixels, so the ratio
   is the price of the bound.
