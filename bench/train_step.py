@@ -19,7 +19,6 @@ hits both sides alike instead of whichever ran while it lasted.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 

@@ -5,8 +5,9 @@ machine's own dense-math rate that the model's convs reach.
                              [--device auto|cpu|cuda]
 
 References, measured in the same run:
-- peak: the best of a 2048^3 matmul (8192^3 on a GPU) and a 64-channel 3x3 conv over 128x128
-  frames (the model's own widest op, at its size), fp32 (and bf16 where the device has it
+- peak: the best of the dense matmul rate the other benchmarks measure (`train_step.matmul_peak`:
+  2048^3 on a CPU, 8192^3 on a GPU, the mean of --repeats products) and a 64-channel 3x3 conv over
+  128x128 frames (the model's own widest op, at its size), fp32 (and bf16 where the device has it
   natively), measured before and after the model timings (the best of both). The model's FLOPs
   are counted by a hook on every Conv2d (2 * output elements * in_channels * kernel area; the
   fixed linear base, a functional conv of under 1% of them, is left out); "share" = model conv
@@ -15,7 +16,7 @@ References, measured in the same run:
   video, memory bounded by the chunk) against all at once; both give the same pixels, so the ratio
   is the price of the bound.
 - bicubic: torch's bicubic interpolation of the same frames, the no-learning reference.
-Timings are the best of --repeats (other processes on a shared machine only ever add time).
+The other timings are the best of --repeats (other processes on a shared machine only ever add time).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from loong_dist.cli import keep_freed_memory
 from loong_dist.config import UpscalerConfig
 from loong_dist.models.upscaler import VideoUpscaler, load_upscaler
 from loong_dist.precision import native_bf16
+from train_step import matmul_peak  # bench/ is on the path of a script run from it
 
 
 def best_seconds(fn, repeats: int, device: torch.device) -> float:
@@ -47,11 +49,10 @@ def best_seconds(fn, repeats: int, device: torch.device) -> float:
 
 
 def peak_flops(dtype: torch.dtype, size: int, repeats: int, device: torch.device) -> tuple[float, float]:
-    """(matmul FLOP/s, conv FLOP/s) of large dense ops in `dtype` on `device`: a 2048^3 matmul on
-    a CPU, 8192^3 on a GPU, and the model's widest conv at its size (4 frames on a CPU, 64 on a GPU)."""
-    n, frames = (8192, 64) if device.type == "cuda" else (2048, 4)
-    a = torch.randn(n, n, device=device).to(dtype)
-    mm = 2 * n ** 3 / best_seconds(lambda: a @ a, repeats, device)
+    """(matmul FLOP/s, conv FLOP/s) of large dense ops in `dtype` on `device`: the benchmarks'
+    matmul peak, and the model's widest conv at its size (4 frames on a CPU, 64 on a GPU)."""
+    mm = matmul_peak(dtype, device, reps=repeats)
+    frames = 64 if device.type == "cuda" else 4
     x = torch.randn(frames, 64, size, size, device=device).to(dtype)
     w = (torch.randn(64, 64, 3, 3, device=device) * 0.02).to(dtype)
     conv = 2 * frames * size * size * 64 * 64 * 9 / best_seconds(lambda: F.conv2d(x, w, padding=1), repeats, device)
