@@ -28,8 +28,12 @@ def test_shipped_file_is_small_and_refuses_another_video_tokenizer(tmp_path):
 
 
 def test_held_out_prompts_get_their_background_and_colour(tmp_path):
+    # The card measures background right in 96% and colour in 94% of held-out clips (144 prompts), so a
+    # test that asks every clip for both fails for some seeds and bf16 roundings; one that allows one miss
+    # in 8 for each passes a model at those rates about nine times in ten, and a model that drew colours
+    # at chance (1 in 7) about once in 10^5.
     syn = load_config(RECIPE).synthetic
-    prompts = held_out_prompts(4, seed=11, held=held_out_appearances(syn.held_out, syn.split_seed))
+    prompts = held_out_prompts(8, seed=11, held=held_out_appearances(syn.held_out, syn.split_seed))
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
     # one window of the model's own length (its carried settings), as one batch
     assert generate.main(["--checkpoint", str(SHIPPED), "--prompts-file", str(tmp_path / "prompts.jsonl"),
@@ -38,7 +42,8 @@ def test_held_out_prompts_get_their_background_and_colour(tmp_path):
                           "--out", str(tmp_path / "eval")]) == 0
     videos = json.loads((tmp_path / "eval" / "generation_eval.json").read_text())["per_video"]
     assert [v["prompt"] for v in videos] == [p["prompt"] for p in prompts]
-    for v in videos:
-        first = v["alignment"][0]
-        print(v["prompt"], first["detected"])
-        assert first["match"]["background"] and first["match"]["colour"], (v["prompt"], first["detected"])
+    for attribute in ("background", "colour"):
+        misses = [(v["prompt"], v["alignment"][0]["detected"][attribute]) for v in videos
+                  if not v["alignment"][0]["match"][attribute]]
+        print(attribute, "misses:", misses)
+        assert len(misses) <= 1, (attribute, misses)
