@@ -687,6 +687,10 @@ class UpscalerTrainConfig:
     clean_share: float = 0.2
     """Share of training sequences whose input is the clean shrunk frames instead of the
     tokenizer's reconstruction (the upscaler also serves real low-resolution video)."""
+    text_share: float = 0.0
+    """Share of the clean training sequences whose real frames get lines of random words drawn over
+    them before the shrink, moving a few pixels a frame or still (data.upscaler_pairs.moving_text):
+    end credits, tickers and captions, which the training footage lacks."""
     base_fit_frames: int = 64
     """Frames of the pair bank per input kind (clean, tokenizer) whose least-squares linear filter
     becomes the upscaler's fixed linear base before the first step, each kind weighted by its share
@@ -719,6 +723,7 @@ class UpscalerTrainConfig:
         _check(self.crop >= 8 and self.crop % 8 == 0 and self.crop * 4 <= self.hr_size, "upscaler_train.crop",
                self.crop, f"must be a multiple of 8 in [8, hr_size / 4 = {self.hr_size // 4}]")
         _check(0 <= self.clean_share <= 1, "upscaler_train.clean_share", self.clean_share, "must be in [0, 1]")
+        _check(0 <= self.text_share <= 1, "upscaler_train.text_share", self.text_share, "must be in [0, 1]")
         _check(self.base_fit_frames >= 0, "upscaler_train.base_fit_frames", self.base_fit_frames, "must be >= 0")
         _check(self.charbonnier_eps > 0, "upscaler_train.charbonnier_eps", self.charbonnier_eps, "must be > 0")
         _check(self.eval_clips >= 0, "upscaler_train.eval_clips", self.eval_clips, "must be >= 0")

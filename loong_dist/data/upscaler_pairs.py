@@ -49,6 +49,40 @@ def shrink(video: np.ndarray | torch.Tensor, factor: int = SCALE) -> np.ndarray:
     return small.permute(0, 2, 3, 1).reshape(*lead, h // factor, w // factor, 3).numpy()
 
 
+def moving_text(frames: np.ndarray, rng: np.random.Generator, sizes: tuple[int, int] = (10, 40),
+                max_speed: int = 8) -> np.ndarray:
+    """Lines of random words drawn over uint8 (T, H, W, 3) frames in one colour and one font size
+    (pixels, in `sizes`), anti-aliased, the whole text moving the same whole number of pixels (at
+    most `max_speed`) each frame: up, down, sideways or not at all (a credit roll, a ticker, a
+    caption). Returns new frames; the draws come from `rng`."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    t, h, w = frames.shape[:3]
+    size = int(rng.integers(sizes[0], sizes[1] + 1))
+    direction = rng.choice(["up", "down", "left", "right", "still"], p=[0.3, 0.2, 0.15, 0.15, 0.2])
+    speed = 0 if direction == "still" else int(rng.integers(1, max_speed + 1))
+    dy = {"up": -speed, "down": speed}.get(str(direction), 0)
+    dx = {"left": -speed, "right": speed}.get(str(direction), 0)
+    span_y, span_x = abs(dy) * (t - 1), abs(dx) * (t - 1)
+    canvas = Image.new("L", (w + span_x, h + span_y), 0)  # the text's coverage over everything the frames pass
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=size)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
+    for _ in range(int(rng.integers(1, 2 + (h + span_y) // (2 * size)))):
+        words = ["".join(rng.choice(letters, int(rng.integers(2, 10)))) for _ in range(int(rng.integers(1, 5)))]
+        xy = (int(rng.integers(-size, w + span_x - size)), int(rng.integers(-size // 2, h + span_y - size // 2)))
+        draw.text(xy, " ".join(words), fill=255, font=font)
+    light = rng.random() < 0.5  # credits are mostly white on dark: half the text is near white
+    colour = rng.integers(200, 256, 3) if light else rng.integers(0, 256, 3)
+    alpha = np.asarray(canvas, np.float32) / 255  # (h + span_y, w + span_x)
+    out = np.empty_like(frames)
+    for i in range(t):
+        y0 = span_y - dy * i if dy >= 0 else -dy * i  # the window onto the canvas moves against the text
+        x0 = span_x - dx * i if dx >= 0 else -dx * i
+        a = alpha[y0:y0 + h, x0:x0 + w, None]
+        out[i] = np.rint(frames[i] * (1 - a) + colour * a).astype(np.uint8)
+    return out
+
+
 def tokenizer_roundtrip(tokenizer: VideoTokenizer, clips: np.ndarray, batch: int = 4) -> np.ndarray:
     """uint8 (N, T, h, w, 3), T = 1 + 4k -> the tokenizer's reconstruction, uint8, same shape."""
     out = np.empty_like(clips)

@@ -11,7 +11,9 @@ same ones, and so does a run on another layout with the same global batch (`draw
 random stretch of `window` frames of a clip, a random `crop` px window of it (and the matching 4x
 window of the real frames), flipped left-right, flipped upside down and transposed, each half the
 time (the eight symmetries of the square, EDSR's augmentation), its input the clean shrunk frames
-for a `clean_share` of them. The recurrence is unrolled over the window and backpropagated through.
+for a `clean_share` of them, and a `text_share` of those with moving text drawn over the real frames
+first (the training footage holds no text; credits and captions do). The recurrence is unrolled
+over the window and backpropagated through.
 Before the first step the model's fixed linear base becomes the least-squares filter of
 `base_fit_frames` bank frames per input kind (`fit_linear_base`), so the curve starts above bicubic.
 
@@ -38,8 +40,8 @@ import torch.distributed as dist
 
 from loong_dist.config import Config
 from loong_dist.data.manifest import read_manifest
-from loong_dist.data.upscaler_pairs import (SCALE, build_pair_bank, held_out_pairs, load_pairs, save_pairs,
-                                            shrink)
+from loong_dist.data.upscaler_pairs import (SCALE, build_pair_bank, held_out_pairs, load_pairs, moving_text,
+                                            save_pairs, shrink)
 from loong_dist.evaluation.plots import line_chart
 from loong_dist.evaluation.upscaler_quality import centre_crop, evaluate_pairs, side_by_side, stack_rows
 from loong_dist.io.run_folder import RunFolder, first_on_its_disk, local_input
@@ -61,10 +63,11 @@ EVAL_KEYS = ("psnr", "ssim", "flicker")
 
 
 def draw_sequences(hr: np.ndarray, lr: np.ndarray, n: int, seed: list[int], window: int, crop: int,
-                   clean_share: float) -> tuple[torch.Tensor, torch.Tensor]:
+                   clean_share: float, text_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """n training sequences from a pair bank - hr (N, T, H, W, 3), lr (N, T, H/4, W/4, 3) uint8 -
-    drawn by a generator seeded with `seed`. Returns inputs uint8 (n, window, crop, crop, 3) and
-    targets uint8 (n, window, 4 crop, 4 crop, 3)."""
+    drawn by a generator seeded with `seed`. A `text_share` of the clean ones get moving text drawn
+    over their real frames before the shrink (`moving_text`). Returns inputs uint8 (n, window, crop,
+    crop, 3) and targets uint8 (n, window, 4 crop, 4 crop, 3)."""
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(hr), n, replace=n > len(hr))
     starts = rng.integers(0, hr.shape[1] - window + 1, n)
@@ -73,10 +76,13 @@ def draw_sequences(hr: np.ndarray, lr: np.ndarray, n: int, seed: list[int], wind
     clean = rng.random(n) < clean_share
     flip = rng.random(n) < 0.5
     flip_v, turn = rng.random(n) < 0.5, rng.random(n) < 0.5  # drawn last: the same clips and crops as before
+    text = clean & (rng.random(n) < text_share)  # later still, and each text after all of these
     inputs, targets = [], []
-    for i, t0, y, x, c, f, v, r in zip(idx, starts, ys, xs, clean, flip, flip_v, turn):
+    for i, t0, y, x, c, f, v, r, w in zip(idx, starts, ys, xs, clean, flip, flip_v, turn, text):
         ty, tx = SCALE * y, SCALE * x
         target = hr[i, t0:t0 + window, ty:ty + SCALE * crop, tx:tx + SCALE * crop]  # (window, 4 crop, 4 crop, 3)
+        if w:
+            target = moving_text(target, rng)
         source = shrink(target) if c else lr[i, t0:t0 + window, y:y + crop, x:x + crop]  # (window, c, c, 3)
         if f:
             target, source = target[:, :, ::-1], source[:, :, ::-1]
@@ -182,7 +188,8 @@ class UpscalerTrainer:
         ut = self.cfg.upscaler_train
         index = self.groups.dp_rank * self.cfg.optim.grad_accum_steps + micro  # in the global batch
         x, y = draw_sequences(self.hr, self.lr, self.cfg.optim.micro_batch_size,
-                              [self.cfg.run.seed, self.step, index], ut.window, ut.crop, ut.clean_share)
+                              [self.cfg.run.seed, self.step, index], ut.window, ut.crop, ut.clean_share,
+                              ut.text_share)
         return _as_frames(x, self.groups.device), _as_frames(y, self.groups.device)
 
     def train_step(self) -> dict:
