@@ -34,6 +34,7 @@ from loong_dist.inference.sampling import sample
 from loong_dist.models.ar.layout import VocabLayout
 from loong_dist.models.ar.model import Transformer
 from loong_dist.models.tokenizer import VideoTokenizer, load_tokenizer
+from loong_dist.precision import resolve_device
 from train_step import matmul_peak  # bench/ is on the path of a script run from it
 
 
@@ -95,7 +96,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(resolve_device(args.device))
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     settings = {}

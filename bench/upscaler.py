@@ -32,7 +32,7 @@ from torch import nn
 from loong_dist.cli import keep_freed_memory
 from loong_dist.config import UpscalerConfig
 from loong_dist.models.upscaler import VideoUpscaler, load_upscaler
-from loong_dist.precision import native_bf16
+from loong_dist.precision import native_bf16, resolve_device
 from train_step import matmul_peak  # bench/ is on the path of a script run from it
 
 
@@ -86,7 +86,7 @@ def main() -> None:
 
     keep_freed_memory()
     torch.manual_seed(0)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = torch.device(resolve_device(args.device))
     up = load_upscaler(args.upscaler) if args.upscaler else VideoUpscaler(UpscalerConfig()).eval()
     up.to(device)  # upscale() runs on the model's device; its uint8 frames go there and come back
     n, t, s = args.repeats, args.frames, args.size

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from loong_dist.models.ar.checkpoint import check_vocab, load_model, read_model_meta
     from loong_dist.models.tokenizer import load_tokenizer
     from loong_dist.models.upscaler import load_upscaler
-    from loong_dist.precision import resolve_precision
+    from loong_dist.precision import resolve_device, resolve_precision
 
     parser = job_parser("python -m jobs.generate", __doc__.splitlines()[0], ALIASES,
                         sections=("generate", "data", "text", "run"))
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     # Outputs are written on this machine, then published beside --out (an s3:// URI too).
     folder = RunFolder(parent(args.out) if ("/" in args.out) else ".", storage)
 
-    device = gen_cfg.device if gen_cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(gen_cfg.device)
     dtype = torch.bfloat16 if resolve_precision(gen_cfg.precision, device) == "bf16" else torch.float32
     text_tok = carried_text_tokenizer(trained, cfg.text.path, args.checkpoint)
     video_tok_path = video_tokenizer_path(trained, cfg.tokenizer.path, args.checkpoint)

@@ -1,4 +1,5 @@
-"""Whether bfloat16 pays on a device, for every setting that may say "auto".
+"""Whether bfloat16 pays on a device, for every setting that may say "auto" (and which device
+"auto" means).
 
 bf16 halves memory traffic and, where the hardware multiplies it natively (CUDA GPUs from Ampere
 on, CPUs with AVX512-BF16 or AMX), runs matmuls and convolutions faster than float32. Elsewhere
@@ -25,6 +26,14 @@ def native_bf16(device_type: str) -> bool:
         except (AttributeError, RuntimeError):
             return False
     return False
+
+
+def resolve_device(setting: str) -> str:
+    """A device of the config or command line ("auto", "cpu", "cuda", "cuda:1"): "auto" is the
+    GPU where there is one, else the CPU."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
 
 
 def resolve_bf16(setting: bool | str, device: torch.device | str) -> bool:
