@@ -78,10 +78,10 @@ def draw_sequences(hr: np.ndarray, lr: np.ndarray, n: int, seed: list[int], wind
     flip_v, turn = rng.random(n) < 0.5, rng.random(n) < 0.5  # drawn last: the same clips and crops as before
     text = clean & (rng.random(n) < text_share)  # later still, and each text after all of these
     inputs, targets = [], []
-    for i, t0, y, x, c, f, v, r, w in zip(idx, starts, ys, xs, clean, flip, flip_v, turn, text):
+    for i, t0, y, x, c, f, v, r, words in zip(idx, starts, ys, xs, clean, flip, flip_v, turn, text):
         ty, tx = SCALE * y, SCALE * x
         target = hr[i, t0:t0 + window, ty:ty + SCALE * crop, tx:tx + SCALE * crop]  # (window, 4 crop, 4 crop, 3)
-        if w:
+        if words:
             target = moving_text(target, rng)
         source = shrink(target) if c else lr[i, t0:t0 + window, y:y + crop, x:x + crop]  # (window, c, c, 3)
         if f:
