@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from loong_dist.data.clip_bank import plan_clips
 from loong_dist.data.manifest import ManifestEntry
+from loong_dist.data.synthetic import DIRECTIONS
 from loong_dist.errors import UserError
 from loong_dist.io.storage import Storage
 from loong_dist.io.video import probe_video, read_clip
@@ -61,8 +62,7 @@ def moving_text(frames: np.ndarray, rng: np.random.Generator, sizes: tuple[int, 
     size = int(rng.integers(sizes[0], sizes[1] + 1))
     direction = rng.choice(["up", "down", "left", "right", "still"], p=[0.3, 0.2, 0.15, 0.15, 0.2])
     speed = 0 if direction == "still" else int(rng.integers(1, max_speed + 1))
-    dy = {"up": -speed, "down": speed}.get(str(direction), 0)
-    dx = {"left": -speed, "right": speed}.get(str(direction), 0)
+    dx, dy = (speed * step for step in DIRECTIONS[direction])
     span_y, span_x = abs(dy) * (t - 1), abs(dx) * (t - 1)
     canvas = Image.new("L", (w + span_x, h + span_y), 0)  # the text's coverage over everything the frames pass
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=size)
