@@ -185,6 +185,9 @@ def evaluate_upscaler(argv: list[str]) -> int:
         log.info("upscaler, %s input: PSNR %.2f dB (bicubic %.2f, %+.2f), SSIM %.3f (%.3f), flicker %.2f (%.2f)",
                  kind, r["psnr"], r["bicubic_psnr"], r["psnr_gain"], r["ssim"], r["bicubic_ssim"], r["flicker"],
                  r["bicubic_flicker"])
+    r = report["tokenizer"]
+    log.info("  the tokenizer's output is %.2f dB from the clean frames; the model's correction from clean input, "
+             "added to its bicubic, would gain %+.2f dB", r["input_psnr"], r["clean_correction_gain"])
     for size, r in report["by_size"].items():
         log.info("  %s px targets (%d clips): PSNR gain over bicubic %+.2f dB from clean input, %+.2f dB from "
                  "tokenizer output", size, r["clips"], r["clean"]["psnr_gain"], r["tokenizer"]["psnr_gain"])

@@ -8,6 +8,13 @@ upsampling make a 4x video, scored against the real frames:
   - flicker: how far the output's frame-to-frame changes are from the real ones, the mean
     |(y_t - y_{t-1}) - (g_t - g_{t-1})| over pixels and channels, in 8-bit levels (0: the real
     motion exactly; a method that flickers, or freezes, scores higher).
+
+From tokenizer output two more scores say how much of the gap to the real frames is the tokenizer's:
+  - input_psnr: the tokenizer's output against the clean frames it was given, at low resolution;
+  - clean_correction_psnr (and _gain over bicubic): bicubic of the tokenizer's output plus what the
+    model adds to bicubic from clean input (ours - bicubic, clean). That is what the model would gain
+    from tokenizer output if the tokenizer kept every detail the model reads; a larger gain asks the
+    model to repair the tokenizer's own error as well.
 """
 
 from __future__ import annotations
@@ -49,14 +56,14 @@ def evaluate_pairs(model: VideoUpscaler, pairs: list[dict], chunk_frames: int = 
     """Score the upscaler and bicubic on every pair, from both inputs.
 
     Returns {"clean": {...}, "tokenizer": {...}} means over the clips - psnr, ssim, flicker (ours)
-    and bicubic_psnr, bicubic_ssim, bicubic_flicker, psnr_gain (ours - bicubic, dB) - plus
+    and bicubic_psnr, bicubic_ssim, bicubic_flicker, psnr_gain (ours - bicubic, dB); from tokenizer
+    output also input_psnr, clean_correction_psnr and clean_correction_gain (the module's doc) - plus
     "by_size" (the same means over the clips of each target size, {"512": {"clips": n, "clean":
     ..., "tokenizer": ...}}: 512 is what generation's 128 px videos become), "per_clip" (the same
     per clip and input) and "outputs" ({kind: [ours uint8 (T, H, W, 3)]}, bicubic's beside it as
     "bicubic")."""
     was_training = model.training
     model.eval()
-    summary: dict = {}
     per_clip: list[dict] = [{"video": p["video"], "source": p["source"], "start": p["start"], "size": p["size"]}
                             for p in pairs]
     outputs: dict = {"ours": {}, "bicubic": {}}
@@ -70,7 +77,14 @@ def evaluate_pairs(model: VideoUpscaler, pairs: list[dict], chunk_frames: int = 
             ours_all.append(ours)
             ref_all.append(ref)
         outputs["ours"][kind], outputs["bicubic"][kind] = ours_all, ref_all
-        summary[kind] = _means([r[kind] for r in per_clip])
+    for i, (row, p) in enumerate(zip(per_clip, pairs)):
+        correction = outputs["ours"]["clean"][i].astype(np.int16) - outputs["bicubic"]["clean"][i]
+        corrected = np.clip(outputs["bicubic"]["tokenizer"][i] + correction, 0, 255).astype(np.uint8)
+        tok = row["tokenizer"]
+        tok["input_psnr"] = psnr(p["clean"], p["tok"])
+        tok["clean_correction_psnr"] = psnr(p["hr"], corrected)
+        tok["clean_correction_gain"] = tok["clean_correction_psnr"] - tok["bicubic_psnr"]
+    summary = {kind: _means([r[kind] for r in per_clip]) for kind in INPUTS}
     by_size = {}
     for size in sorted({r["size"] for r in per_clip}, reverse=True):
         rows = [r for r in per_clip if r["size"] == size]

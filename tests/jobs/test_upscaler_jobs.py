@@ -173,6 +173,7 @@ def test_evaluate_reports_both_inputs_against_bicubic(runs, sample_videos, token
     for kind in ("clean", "tokenizer"):
         assert {"psnr", "ssim", "flicker", "bicubic_psnr", "bicubic_ssim", "bicubic_flicker", "psnr_gain"} <= \
             report[kind].keys()
+    assert {"input_psnr", "clean_correction_psnr", "clean_correction_gain"} <= report["tokenizer"].keys()
     # sources in turn; each at the largest multiple of 32 that it holds, never upsampled
     sizes = {c["source"]: c["size"] for c in report["per_clip"]}
     assert sizes == {"bbb": 160, "bikes": 160, "carphone_pristine": 128}  # carphone is 176x144
