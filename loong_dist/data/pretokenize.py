@@ -278,7 +278,8 @@ class ClipEncoder:
         import torch
 
         from loong_dist.models.tokenizer import load_tokenizer
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        from loong_dist.precision import resolve_bf16, resolve_device
+        self.device = resolve_device("auto")  # this node's GPU where it has one
         if self.device == "cpu":
             torch.set_num_threads(max(1, threads))
         with tempfile.TemporaryDirectory(prefix="loong-tok-") as tmp:
@@ -286,7 +287,6 @@ class ClipEncoder:
             with open(path, "wb") as f:
                 f.write(tokenizer_bytes)
             self.model = load_tokenizer(path, device=self.device)
-        from loong_dist.precision import resolve_bf16
         self.batch, self.bf16, self.crash = batch, resolve_bf16(bf16, self.device), crash  # "auto": this node's device
 
     def encode(self, *decoded: dict[str, Any]) -> dict[str, Any]:
