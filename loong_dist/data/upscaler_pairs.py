@@ -12,7 +12,8 @@ Training draws crops from a bank of such pairs (decoding 720p video and running 
 far more than an upscaler step on a CPU, so both are done once and the bank is kept in the run
 folder, as the tokenizer's clip bank is). Held-out pairs are cut at the largest size <= hr_size
 that the source has (a multiple of 8 x scale), so no target is an upsampled frame: bikes
-(640x272) at 256, carphone (176x144) at 128.
+(640x272) at 256, carphone (176x144) at 128. The training bank holds one size, so a training video
+smaller than hr_size is left out of it.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def build_pair_bank(entries: Sequence[ManifestEntry], n: int, frames: int, fps: 
     """Training pairs into `folder`: pairs_hr.npy, uint8 (n, frames, hr_size, hr_size, 3), and
     pairs_lr.npy, the tokenizer's reconstruction of their shrunk frames, uint8 (n, frames,
     hr_size / 4, hr_size / 4, 3). Clip starts as the tokenizer's clip bank draws them (`plan_clips`:
-    seeded, spread over the entries' windows).
+    seeded, spread over the entries' windows). Videos whose short side is below hr_size are skipped
+    with a warning: every target is a real frame, none an upsampled one.
 
     Resumable: `chunk` clips at a time go into memory-mapped pairs_*.partial.npy files and are
     counted in pairs.partial.json (with the plan), so a build killed after hours of tokenizer work
@@ -130,9 +132,18 @@ def build_pair_bank(entries: Sequence[ManifestEntry], n: int, frames: int, fps: 
     for video in sorted({e.video for e in entries}):
         try:
             with storage.local_copy(video) as path:
-                durations[video] = probe_video(path, name=video).duration
+                info = probe_video(path, name=video)
         except UserError as err:
             log.warning("skipping %s: %s", video, err)
+            continue
+        if min(info.width, info.height) < hr_size:  # its targets would be upsampled frames
+            log.warning("skipping %s: its %dx%d frames are smaller than upscaler_train.hr_size=%d", video,
+                        info.width, info.height, hr_size)
+            continue
+        durations[video] = info.duration
+    if not durations:
+        raise UserError(f"upscaler_train.manifests: none of their {len(entries)} training entries is a video that "
+                        f"can be read with frames of at least upscaler_train.hr_size={hr_size} px")
     plan = plan_clips([e for e in entries if e.video in durations], n, frames, fps, seed, durations)
     key = {"hr_size": hr_size, "plan": [[e.video, round(start, 6)] for e, start in plan]}
     progress = folder / "pairs.partial.json"

