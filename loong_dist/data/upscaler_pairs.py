@@ -33,7 +33,7 @@ from loong_dist.data.manifest import ManifestEntry
 from loong_dist.data.synthetic import DIRECTIONS
 from loong_dist.errors import UserError
 from loong_dist.io.storage import Storage
-from loong_dist.io.video import probe_video, read_clip
+from loong_dist.io.video import VideoInfo, probe_video, read_clip
 from loong_dist.models.tokenizer import VideoTokenizer
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,9 @@ def tokenizer_roundtrip(tokenizer: VideoTokenizer, clips: np.ndarray, batch: int
     return out
 
 
-def fit_size(entry: ManifestEntry, hr_size: int, storage: Storage) -> int:
-    """The target side for clips of `entry`: hr_size, or the largest multiple of 8 x SCALE that
-    the video's short side holds when it is smaller (0: too small for any)."""
-    with storage.local_copy(entry.video) as path:
-        info = probe_video(path, name=entry.video)
+def target_side(info: VideoInfo, hr_size: int) -> int:
+    """The side of real-frame targets a video holds: hr_size, or the largest multiple of 8 x SCALE
+    that its short side holds when it is smaller (0: too small for any). Never an upsampled frame."""
     step = 8 * SCALE
     return min(hr_size, min(info.width, info.height) // step * step)
 
@@ -136,7 +134,7 @@ def build_pair_bank(entries: Sequence[ManifestEntry], n: int, frames: int, fps: 
         except UserError as err:
             log.warning("skipping %s: %s", video, err)
             continue
-        if min(info.width, info.height) < hr_size:  # its targets would be upsampled frames
+        if target_side(info, hr_size) < hr_size:
             log.warning("skipping %s: its %dx%d frames are smaller than upscaler_train.hr_size=%d", video,
                         info.width, info.height, hr_size)
             continue
@@ -177,7 +175,7 @@ def build_pair_bank(entries: Sequence[ManifestEntry], n: int, frames: int, fps: 
 
 def held_out_pairs(entries: Sequence[ManifestEntry], n: int, frames: int, fps: float, hr_size: int, seed: int,
                    tokenizer: VideoTokenizer, storage: Storage | None = None) -> list[dict]:
-    """Up to n evaluation pairs, one clip per entry (`spread_by_source`), each at its own `fit_size`:
+    """Up to n evaluation pairs, one clip per entry (`spread_by_source`), each at its own `target_side`:
     [{"hr", "clean", "tok": uint8 arrays, "video", "source", "start", "size"}]. Entries too small
     for a 32 px target, or too short for the clip, are skipped with a warning."""
     storage = storage or Storage()
@@ -186,12 +184,12 @@ def held_out_pairs(entries: Sequence[ManifestEntry], n: int, frames: int, fps: f
         if len(pairs) == n:
             break
         try:
-            size = fit_size(e, hr_size, storage)
-            if size < 8 * SCALE:
-                raise UserError(f"{e.video}: frames smaller than {8 * SCALE} px")
             with storage.local_copy(e.video) as path:
-                duration = probe_video(path, name=e.video).duration
-                (_, start), = plan_clips([e], 1, frames, fps, seed + len(pairs), {e.video: duration})
+                info = probe_video(path, name=e.video)
+                size = target_side(info, hr_size)
+                if size < 8 * SCALE:
+                    raise UserError(f"{e.video}: frames smaller than {8 * SCALE} px")
+                (_, start), = plan_clips([e], 1, frames, fps, seed + len(pairs), {e.video: info.duration})
                 hr = read_clip(path, start=start, num_frames=frames, fps=fps, size=size, name=e.video)
         except UserError as err:
             log.warning("held-out pair skipped: %s", err)
